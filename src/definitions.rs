@@ -1,0 +1,918 @@
+//! The feature definitions: a pure model, parsed from YAML text and checked for internal
+//! consistency. No I/O here: the caller reads the files (see [`crate::repo`]), the
+//! registry stores the model as JSON, and the offline store checks it against the
+//! database. Keeping this pure is what lets a server rebuild the very same model from
+//! the registry that `apply` validated from files.
+//!
+//! The YAML mirrors Feast's Python objects field for field: `entities`, `data_sources`,
+//! `feature_views`, `feature_services` (and, as the model grows, on-demand and label
+//! views). Any definition file may hold any of these top-level lists.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Names of the value types, as in Feast's `feast.types`.
+pub const VALUE_TYPES: &str = "Int32, Int64, Float32, Float64, Bool, String, UnixTimestamp";
+
+/// The type of a feature (or entity key). Every value of every type is nullable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ValueType {
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Bool,
+    String,
+    UnixTimestamp,
+}
+
+impl ValueType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Int32" => Self::Int32,
+            "Int64" => Self::Int64,
+            "Float32" => Self::Float32,
+            "Float64" => Self::Float64,
+            "Bool" => Self::Bool,
+            "String" => Self::String,
+            "UnixTimestamp" => Self::UnixTimestamp,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int32 => "Int32",
+            Self::Int64 => "Int64",
+            Self::Float32 => "Float32",
+            Self::Float64 => "Float64",
+            Self::Bool => "Bool",
+            Self::String => "String",
+            Self::UnixTimestamp => "UnixTimestamp",
+        }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    pub name: String,
+    pub join_keys: Vec<String>,
+    pub value_type: ValueType,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+impl Entity {
+    /// The single join key (multi-key entities are refused at validation).
+    pub fn join_key(&self) -> &str {
+        &self.join_keys[0]
+    }
+}
+
+/// A PostgreSQL query that yields one row per (entity, timestamp).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub name: String,
+    pub query: String,
+    pub timestamp_field: String,
+    #[serde(default)]
+    pub created_timestamp_column: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Field {
+    pub name: String,
+    pub dtype: ValueType,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Whether a view holds features (served online, used in training sets) or labels
+/// (joined point-in-time into training sets only, never served).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewKind {
+    #[default]
+    Features,
+    Labels,
+}
+
+impl ViewKind {
+    /// "feature view" or "label view", for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Features => "feature view",
+            Self::Labels => "label view",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureView {
+    pub name: String,
+    #[serde(default)]
+    pub kind: ViewKind,
+    pub entities: Vec<String>,
+    pub source: String,
+    /// How far back a row may lie from the requested time; `None` means forever.
+    pub ttl_seconds: Option<u64>,
+    pub online: bool,
+    pub schema: Vec<Field>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+impl FeatureView {
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.schema.iter().find(|f| f.name == name)
+    }
+
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl_seconds.map(Duration::from_secs)
+    }
+}
+
+/// A reference to one feature of one view: `view:feature`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FeatureRef {
+    pub view: String,
+    pub feature: String,
+}
+
+impl FeatureRef {
+    /// Parses `view:feature`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (view, feature) = s.split_once(':')?;
+        if view.is_empty() || feature.is_empty() || feature.contains(':') {
+            return None;
+        }
+        Some(Self {
+            view: view.to_string(),
+            feature: feature.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for FeatureRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.view, self.feature)
+    }
+}
+
+/// A named, ordered list of features: what a model was trained on or is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureService {
+    pub name: String,
+    pub features: Vec<FeatureRef>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// Every definition of a repo, validated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Definitions {
+    pub entities: Vec<Entity>,
+    pub data_sources: Vec<DataSource>,
+    pub feature_views: Vec<FeatureView>,
+    pub feature_services: Vec<FeatureService>,
+}
+
+/// One problem in the definitions, located by file and object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub file: String,
+    /// E.g. "feature view `subs_profile_fv`"; empty for whole-file problems.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.object.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.object, self.message)
+        }
+    }
+}
+
+/// All the problems found, so a user fixes them in one round rather than one per run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the feature definitions:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i + 1 < n {
+                writeln!(f, "  - {e}")?;
+            } else {
+                write!(f, "  - {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The YAML layer: permissive about shape where Feast is (a feature service lists views or
+// `view:feature` strings), strict about unknown keys.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileYaml {
+    #[serde(default)]
+    entities: Vec<EntityYaml>,
+    #[serde(default)]
+    data_sources: Vec<DataSourceYaml>,
+    #[serde(default)]
+    feature_views: Vec<FeatureViewYaml>,
+    #[serde(default)]
+    label_views: Vec<FeatureViewYaml>,
+    #[serde(default)]
+    feature_services: Vec<FeatureServiceYaml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntityYaml {
+    name: String,
+    #[serde(default)]
+    join_keys: Option<Vec<String>>,
+    #[serde(default)]
+    value_type: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSourceYaml {
+    name: String,
+    #[serde(default, rename = "type")]
+    source_type: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    timestamp_field: Option<String>,
+    #[serde(default)]
+    created_timestamp_column: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureViewYaml {
+    name: String,
+    #[serde(default)]
+    entities: Vec<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    ttl: Option<serde_yaml::Value>,
+    #[serde(default)]
+    online: Option<bool>,
+    #[serde(default)]
+    schema: Vec<FieldYaml>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldYaml {
+    name: String,
+    dtype: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureServiceYaml {
+    name: String,
+    #[serde(default)]
+    features: Vec<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+/// One definition file's name (as shown in messages) and text.
+pub struct SourceFile<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl Definitions {
+    /// Parses and validates a repo's definition files. Returns every problem found.
+    pub fn parse(files: &[SourceFile<'_>]) -> Result<Self, DefinitionErrors> {
+        let mut errors = Vec::new();
+        let mut defs = Definitions::default();
+        let mut services = Vec::new();
+        for file in files {
+            let parsed: FileYaml = if file.text.trim().is_empty() {
+                FileYaml::default()
+            } else {
+                match serde_yaml::from_str(file.text) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        errors.push(DefinitionError {
+                            file: file.name.to_string(),
+                            object: String::new(),
+                            message: yaml_error_message(&e),
+                        });
+                        continue;
+                    }
+                }
+            };
+            let mut err = |object: String, message: String| {
+                errors.push(DefinitionError {
+                    file: file.name.to_string(),
+                    object,
+                    message,
+                })
+            };
+            for e in parsed.entities {
+                let object = format!("entity `{}`", e.name);
+                let join_keys = e.join_keys.unwrap_or_else(|| vec![e.name.clone()]);
+                if join_keys.len() != 1 {
+                    err(
+                        object.clone(),
+                        format!(
+                            "has {} join keys; skewless supports exactly one join key per entity",
+                            join_keys.len()
+                        ),
+                    );
+                }
+                let value_type = match e.value_type.as_deref() {
+                    None => ValueType::String,
+                    Some(s) => ValueType::parse(s).unwrap_or_else(|| {
+                        err(
+                            object.clone(),
+                            format!("unknown value_type `{s}` (expected one of {VALUE_TYPES})"),
+                        );
+                        ValueType::String
+                    }),
+                };
+                if !matches!(
+                    value_type,
+                    ValueType::String | ValueType::Int64 | ValueType::Int32
+                ) {
+                    err(
+                        object.clone(),
+                        format!(
+                            "value_type {value_type} cannot be a join key (expected String, Int64 or Int32)"
+                        ),
+                    );
+                }
+                defs.entities.push(Entity {
+                    name: e.name,
+                    join_keys,
+                    value_type,
+                    description: e.description,
+                    tags: e.tags,
+                    file: file.name.to_string(),
+                });
+            }
+            for s in parsed.data_sources {
+                let object = format!("data source `{}`", s.name);
+                if let Some(t) = s.source_type.as_deref()
+                    && t != "postgres"
+                {
+                    err(
+                        object.clone(),
+                        format!("type `{t}` is not supported (expected `postgres`)"),
+                    );
+                }
+                let query = match (s.query, s.table) {
+                    (Some(q), None) => q.trim().trim_end_matches(';').trim().to_string(),
+                    (None, Some(t)) => format!("SELECT * FROM {t}"),
+                    (Some(_), Some(_)) => {
+                        err(
+                            object.clone(),
+                            "sets both `query` and `table`; keep one".into(),
+                        );
+                        String::new()
+                    }
+                    (None, None) => {
+                        err(object.clone(), "needs a `query` (or a `table`)".into());
+                        String::new()
+                    }
+                };
+                let timestamp_field = s.timestamp_field.unwrap_or_else(|| {
+                    err(
+                        object.clone(),
+                        "needs a `timestamp_field` (the column holding each row's event time)"
+                            .into(),
+                    );
+                    String::new()
+                });
+                defs.data_sources.push(DataSource {
+                    name: s.name,
+                    query,
+                    timestamp_field,
+                    created_timestamp_column: s.created_timestamp_column,
+                    description: s.description,
+                    tags: s.tags,
+                    file: file.name.to_string(),
+                });
+            }
+            let views = parsed
+                .feature_views
+                .into_iter()
+                .map(|v| (ViewKind::Features, v))
+                .chain(
+                    parsed
+                        .label_views
+                        .into_iter()
+                        .map(|v| (ViewKind::Labels, v)),
+                );
+            for (kind, v) in views {
+                let object = format!("{} `{}`", kind.noun(), v.name);
+                let ttl_seconds = match v.ttl.as_ref().map(parse_ttl).transpose() {
+                    Ok(ttl) => ttl.flatten(),
+                    Err(msg) => {
+                        err(object.clone(), msg);
+                        None
+                    }
+                };
+                let source = v.source.unwrap_or_else(|| {
+                    err(object.clone(), "needs a `source`".into());
+                    String::new()
+                });
+                if v.schema.is_empty() {
+                    err(object.clone(), "has an empty schema".into());
+                }
+                let mut schema = Vec::new();
+                for f in v.schema {
+                    match ValueType::parse(&f.dtype) {
+                        Some(dtype) => schema.push(Field {
+                            name: f.name,
+                            dtype,
+                            description: f.description,
+                        }),
+                        None => err(
+                            object.clone(),
+                            format!(
+                                "field `{}`: unknown dtype `{}` (expected one of {VALUE_TYPES})",
+                                f.name, f.dtype
+                            ),
+                        ),
+                    }
+                }
+                let online = match (kind, v.online) {
+                    (ViewKind::Labels, Some(true)) => {
+                        err(
+                            object.clone(),
+                            "labels are never served online; remove `online: true`".into(),
+                        );
+                        false
+                    }
+                    (ViewKind::Labels, _) => false,
+                    (ViewKind::Features, online) => online.unwrap_or(true),
+                };
+                defs.feature_views.push(FeatureView {
+                    name: v.name,
+                    kind,
+                    entities: v.entities,
+                    source,
+                    ttl_seconds,
+                    online,
+                    schema,
+                    description: v.description,
+                    tags: v.tags,
+                    file: file.name.to_string(),
+                });
+            }
+            services.extend(parsed.feature_services.into_iter().map(|s| (file.name, s)));
+        }
+        // Feature services are resolved last: a `view` entry expands to all its features.
+        for (file, s) in services {
+            let mut features = Vec::new();
+            for entry in &s.features {
+                match FeatureRef::parse(entry) {
+                    Some(r) => features.push(r),
+                    None => match defs.feature_views.iter().find(|v| &v.name == entry) {
+                        Some(view) => features.extend(view.schema.iter().map(|f| FeatureRef {
+                            view: view.name.clone(),
+                            feature: f.name.clone(),
+                        })),
+                        // Left for `check` to report as an unknown view.
+                        None => features.push(FeatureRef {
+                            view: entry.clone(),
+                            feature: String::new(),
+                        }),
+                    },
+                }
+            }
+            defs.feature_services.push(FeatureService {
+                name: s.name,
+                features,
+                description: s.description,
+                tags: s.tags,
+                file: file.to_string(),
+            });
+        }
+        errors.extend(defs.check());
+        if errors.is_empty() {
+            Ok(defs)
+        } else {
+            Err(DefinitionErrors(errors))
+        }
+    }
+
+    /// Cross-object checks: unique names, known references, well-formed identifiers.
+    fn check(&self) -> Vec<DefinitionError> {
+        let mut errors = Vec::new();
+        let mut err = |file: &str, object: String, message: String| {
+            errors.push(DefinitionError {
+                file: file.to_string(),
+                object,
+                message,
+            })
+        };
+        // Feature and label views share one namespace.
+        let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+        let names = self
+            .entities
+            .iter()
+            .map(|e| ("entity", e.name.as_str(), e.file.as_str()))
+            .chain(
+                self.data_sources
+                    .iter()
+                    .map(|s| ("data source", s.name.as_str(), s.file.as_str())),
+            )
+            .chain(
+                self.feature_views
+                    .iter()
+                    .map(|v| (v.kind.noun(), v.name.as_str(), v.file.as_str())),
+            )
+            .chain(
+                self.feature_services
+                    .iter()
+                    .map(|s| ("feature service", s.name.as_str(), s.file.as_str())),
+            );
+        for (kind, name, file) in names {
+            if !crate::config::is_identifier(name) {
+                err(
+                    file,
+                    format!("{kind} `{name}`"),
+                    "is not a valid name (expected letters, digits and underscores, starting with a letter, at most 63 characters)".into(),
+                );
+            }
+            let namespace = if kind.ends_with("view") { "view" } else { kind };
+            if let Some(first) = seen.insert((namespace, name), file) {
+                err(
+                    file,
+                    format!("{kind} `{name}`"),
+                    format!("defined twice (first in {first}); names must be unique"),
+                );
+            }
+        }
+        for e in &self.entities {
+            for key in &e.join_keys {
+                if !crate::config::is_identifier(key) {
+                    err(
+                        &e.file,
+                        format!("entity `{}`", e.name),
+                        format!("join key `{key}` is not a valid column name"),
+                    );
+                }
+            }
+        }
+        for s in &self.data_sources {
+            for col in std::iter::once(&s.timestamp_field).chain(&s.created_timestamp_column) {
+                if !col.is_empty() && !crate::config::is_identifier(col) {
+                    err(
+                        &s.file,
+                        format!("data source `{}`", s.name),
+                        format!("`{col}` is not a valid column name"),
+                    );
+                }
+            }
+        }
+        for v in &self.feature_views {
+            let object = format!("{} `{}`", v.kind.noun(), v.name);
+            if v.entities.len() != 1 {
+                err(
+                    &v.file,
+                    object.clone(),
+                    format!(
+                        "has {} entities; skewless views have exactly one entity",
+                        v.entities.len()
+                    ),
+                );
+            }
+            for e in &v.entities {
+                if !self.entities.iter().any(|x| &x.name == e) {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!(
+                            "references unknown entity `{e}` (known: {})",
+                            list(self.entities.iter().map(|x| &x.name))
+                        ),
+                    );
+                }
+            }
+            if !v.source.is_empty() && !self.data_sources.iter().any(|s| s.name == v.source) {
+                err(
+                    &v.file,
+                    object.clone(),
+                    format!(
+                        "references unknown data source `{}` (known: {})",
+                        v.source,
+                        list(self.data_sources.iter().map(|s| &s.name))
+                    ),
+                );
+            }
+            let mut fields = BTreeSet::new();
+            for f in &v.schema {
+                if !crate::config::is_identifier(&f.name) {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!("field `{}` is not a valid column name", f.name),
+                    );
+                }
+                if !fields.insert(f.name.as_str()) {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!("field `{}` is declared twice", f.name),
+                    );
+                }
+                let reserved = ["event_ts", "created_ts", "event_timestamp"];
+                if reserved.contains(&f.name.as_str())
+                    || v.entities.iter().any(|e| {
+                        self.entities
+                            .iter()
+                            .any(|x| &x.name == e && x.join_keys.contains(&f.name))
+                    })
+                {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!(
+                            "field `{}` collides with a reserved column (join keys, {})",
+                            f.name,
+                            reserved.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        for s in &self.feature_services {
+            let object = format!("feature service `{}`", s.name);
+            let mut seen = BTreeSet::new();
+            for r in &s.features {
+                match self.feature_views.iter().find(|v| v.name == r.view) {
+                    None => err(
+                        &s.file,
+                        object.clone(),
+                        format!(
+                            "references unknown feature view `{}` (known: {})",
+                            r.view,
+                            list(self.feature_views.iter().map(|v| &v.name))
+                        ),
+                    ),
+                    Some(v) if v.kind == ViewKind::Labels => err(
+                        &s.file,
+                        object.clone(),
+                        format!(
+                            "lists `{r}` from a label view; labels are requested with --label, not served"
+                        ),
+                    ),
+                    Some(v) if v.field(&r.feature).is_none() => err(
+                        &s.file,
+                        object.clone(),
+                        format!(
+                            "references unknown feature `{r}` (`{}` has: {})",
+                            v.name,
+                            list(v.schema.iter().map(|f| &f.name))
+                        ),
+                    ),
+                    Some(_) => {
+                        if !seen.insert(r) {
+                            err(&s.file, object.clone(), format!("lists `{r}` twice"));
+                        }
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&Entity> {
+        self.entities.iter().find(|e| e.name == name)
+    }
+
+    pub fn data_source(&self, name: &str) -> Option<&DataSource> {
+        self.data_sources.iter().find(|s| s.name == name)
+    }
+
+    pub fn feature_view(&self, name: &str) -> Option<&FeatureView> {
+        self.feature_views.iter().find(|v| v.name == name)
+    }
+
+    pub fn feature_service(&self, name: &str) -> Option<&FeatureService> {
+        self.feature_services.iter().find(|s| s.name == name)
+    }
+
+    /// The entity of a validated view.
+    pub fn view_entity(&self, view: &FeatureView) -> &Entity {
+        self.entity(&view.entities[0])
+            .expect("validated definitions reference known entities")
+    }
+
+    /// The source of a validated view.
+    pub fn view_source(&self, view: &FeatureView) -> &DataSource {
+        self.data_source(&view.source)
+            .expect("validated definitions reference known sources")
+    }
+}
+
+/// `ttl` as Feast writes it: a duration string (`90d`, `36h`, `1w 2d`), a number of
+/// seconds, or 0 / null for "no limit".
+fn parse_ttl(value: &serde_yaml::Value) -> Result<Option<u64>, String> {
+    let seconds = match value {
+        serde_yaml::Value::Null => return Ok(None),
+        serde_yaml::Value::Number(n) => n.as_u64().ok_or_else(|| {
+            format!("ttl `{n:?}` must be a whole, non-negative number of seconds")
+        })?,
+        serde_yaml::Value::String(s) => humantime::parse_duration(s)
+            .map_err(|e| {
+                format!("ttl `{s}` is not a duration ({e}); write it like `90d`, `36h` or `3600s`")
+            })?
+            .as_secs(),
+        other => {
+            return Err(format!(
+                "ttl must be a duration like `90d` or a number of seconds, not {other:?}"
+            ));
+        }
+    };
+    Ok((seconds > 0).then_some(seconds))
+}
+
+/// serde_yaml's messages carry the path and position; we keep them and say "line".
+fn yaml_error_message(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let position = format!(" at line {} column {}", loc.line(), loc.column());
+            let text = msg.replacen(&position, "", 1);
+            format!("line {}, column {}: {text}", loc.line(), loc.column())
+        }
+        None => msg,
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Definitions, DefinitionErrors> {
+        Definitions::parse(&[SourceFile {
+            name: "defs.yaml",
+            text,
+        }])
+    }
+
+    const BASE: &str = r#"
+entities:
+  - {name: user, join_keys: [user_id], value_type: String}
+data_sources:
+  - {name: src, query: "SELECT user_id, as_of, a FROM t", timestamp_field: as_of}
+feature_views:
+  - name: fv
+    entities: [user]
+    source: src
+    ttl: 90d
+    schema: [{name: a, dtype: Int64}, {name: b, dtype: Float32}]
+feature_services:
+  - {name: svc, features: [fv]}
+  - {name: one, features: ["fv:b"]}
+"#;
+
+    #[test]
+    fn parses_and_expands_services() {
+        let defs = parse(BASE).unwrap();
+        assert_eq!(defs.feature_views[0].ttl_seconds, Some(90 * 86400));
+        assert!(defs.feature_views[0].online);
+        let svc = defs.feature_service("svc").unwrap();
+        assert_eq!(svc.features.len(), 2);
+        assert_eq!(
+            defs.feature_service("one").unwrap().features[0].feature,
+            "b"
+        );
+    }
+
+    #[test]
+    fn ttl_forms() {
+        for (yaml, expected) in [
+            ("0", None),
+            ("~", None),
+            ("3600", Some(3600)),
+            ("\"36h\"", Some(36 * 3600)),
+            ("\"1w 1d\"", Some(8 * 86400)),
+        ] {
+            let text = BASE.replace("ttl: 90d", &format!("ttl: {yaml}"));
+            assert_eq!(
+                parse(&text).unwrap().feature_views[0].ttl_seconds,
+                expected,
+                "{yaml}"
+            );
+        }
+        let err = parse(&BASE.replace("ttl: 90d", "ttl: soon")).unwrap_err();
+        assert!(
+            err.to_string().contains("ttl `soon` is not a duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn roundtrips_through_json() {
+        let defs = parse(BASE).unwrap();
+        let json = serde_json::to_string(&defs).unwrap();
+        let mut back: Definitions = serde_json::from_str(&json).unwrap();
+        for v in &mut back.feature_views {
+            v.file = "defs.yaml".into();
+        }
+        for e in &mut back.entities {
+            e.file = "defs.yaml".into();
+        }
+        for s in &mut back.data_sources {
+            s.file = "defs.yaml".into();
+        }
+        for s in &mut back.feature_services {
+            s.file = "defs.yaml".into();
+        }
+        assert_eq!(back, defs);
+    }
+
+    #[test]
+    fn feature_ref_parsing() {
+        assert_eq!(
+            FeatureRef::parse("fv:x"),
+            Some(FeatureRef {
+                view: "fv".into(),
+                feature: "x".into()
+            })
+        );
+        assert_eq!(FeatureRef::parse("fv"), None);
+        assert_eq!(FeatureRef::parse(":x"), None);
+        assert_eq!(FeatureRef::parse("a:b:c"), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! The online store: one typed table per online view, keyed by the entity's join key.
+//!
+//! Unlike Feast's row-per-feature `bytea` layout, each view's row holds typed columns
+//! (`user_id text PRIMARY KEY, months_active int8, …, event_ts, created_ts`), so one
+//! `SELECT … WHERE user_id = ANY($1)` answers a whole view for many entities, and
+//! Postgres itself enforces the types.
+
+pub mod layout;

@@ -1,0 +1,81 @@
+//! A feature repo on disk: `feature_store.yaml` plus definition files.
+//!
+//! This is the only place that reads definition files; [`crate::definitions`] stays a
+//! pure model so the server can rebuild it from the registry instead.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{CONFIG_FILE, Config, ConfigError};
+use crate::definitions::{DefinitionErrors, Definitions, SourceFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionErrors),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A loaded feature repo.
+#[derive(Debug, Clone)]
+pub struct FeatureRepo {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub definitions: Definitions,
+}
+
+impl FeatureRepo {
+    /// Reads the configuration and every `*.yaml` / `*.yml` definition file of `dir`.
+    pub fn load(dir: &Path) -> Result<Self, RepoError> {
+        let config = Config::load(dir)?;
+        let definitions = load_definitions(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            definitions,
+        })
+    }
+}
+
+/// The definition files of a repo, sorted by name so errors come out in a stable order.
+pub fn definition_files(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
+    let io = |source| RepoError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if is_yaml && path.is_file() && path.file_name() != Some(CONFIG_FILE.as_ref()) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses every definition file of `dir`.
+pub fn load_definitions(dir: &Path) -> Result<Definitions, RepoError> {
+    let mut texts = Vec::new();
+    for path in definition_files(dir)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| RepoError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        texts.push((path.display().to_string(), text));
+    }
+    let files: Vec<SourceFile<'_>> = texts
+        .iter()
+        .map(|(name, text)| SourceFile { name, text })
+        .collect();
+    Ok(Definitions::parse(&files)?)
+}
