@@ -5,5 +5,10 @@
 # With STREAMFLOW_SEEDS pointing at the course data, the real-data tests run too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 cargo build --release --locked
-cargo test --release --locked -- "$@"
+cargo test --release --locked "$@" 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"
