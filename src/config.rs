@@ -179,6 +179,9 @@ pub struct ServerConfig {
     /// Statement timeout for user-supplied entity SQL, in milliseconds.
     #[serde(default = "default_entity_sql_timeout")]
     pub entity_sql_timeout_ms: u64,
+    /// How long a request waits for a database connection before answering 503.
+    #[serde(default = "default_acquire_timeout")]
+    pub db_acquire_timeout_ms: u64,
 }
 
 fn default_bind() -> SocketAddr {
@@ -193,6 +196,9 @@ fn default_max_body() -> usize {
 fn default_entity_sql_timeout() -> u64 {
     60_000
 }
+fn default_acquire_timeout() -> u64 {
+    1_000
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -203,6 +209,7 @@ impl Default for ServerConfig {
             max_entities: default_max_entities(),
             max_body_bytes: default_max_body(),
             entity_sql_timeout_ms: default_entity_sql_timeout(),
+            db_acquire_timeout_ms: default_acquire_timeout(),
         }
     }
 }
@@ -334,6 +341,19 @@ impl Config {
         pool_options(&self.online_store)
             .connect_with(self.online_connect_options())
             .await
+    }
+
+    /// Pools for a long-running server: created without connecting (the server starts,
+    /// and answers 503, while the database is down) and failing fast when it is.
+    pub fn server_pools(&self) -> (PgPool, PgPool) {
+        let fail_fast = Duration::from_millis(self.server.db_acquire_timeout_ms);
+        let online = pool_options(&self.online_store)
+            .acquire_timeout(fail_fast)
+            .connect_lazy_with(self.online_connect_options());
+        let offline = pool_options(&self.offline_store)
+            .acquire_timeout(fail_fast)
+            .connect_lazy_with(self.offline_connect_options());
+        (online, offline)
     }
 
     /// Qualified name of the online table of a view: `"<schema>"."<project>_<view>"`.

@@ -775,6 +775,183 @@ impl Definitions {
     }
 }
 
+/// A feature picked for a training set or an online request, with the column name it
+/// gets in the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectedFeature {
+    pub view: String,
+    pub field: Field,
+    /// `feature`, or `view__feature` with full feature names (Feast's convention).
+    pub output_name: String,
+}
+
+/// Why a feature list cannot be served. Messages list what exists, so a client can fix
+/// its request without reading the repo.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("`{0}` is not a feature reference; write it as view:feature")]
+    Malformed(String),
+    #[error("unknown feature view `{view}` (known: {known})")]
+    UnknownView { view: String, known: String },
+    #[error("unknown feature `{feature}` in view `{view}` (it has: {known})")]
+    UnknownFeature {
+        view: String,
+        feature: String,
+        known: String,
+    },
+    #[error("unknown feature service `{name}` (known: {known})")]
+    UnknownService { name: String, known: String },
+    #[error("unknown label `{label}` (label views offer: {known})")]
+    UnknownLabel { label: String, known: String },
+    #[error("`{0}` is a label; request it with `label`, not as a feature")]
+    LabelAsFeature(String),
+    #[error(
+        "feature name `{name}` comes from both `{first}` and `{second}`; ask for full feature names"
+    )]
+    Ambiguous {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("`{0}` is requested twice")]
+    Duplicate(String),
+    #[error("no features requested")]
+    Empty,
+}
+
+impl Definitions {
+    /// Resolves `view:feature` references, in order, checking each exists.
+    pub fn select_features(
+        &self,
+        refs: &[FeatureRef],
+        full_names: bool,
+    ) -> Result<Vec<SelectedFeature>, ResolveError> {
+        if refs.is_empty() {
+            return Err(ResolveError::Empty);
+        }
+        let mut out: Vec<SelectedFeature> = Vec::with_capacity(refs.len());
+        for r in refs {
+            let view = self
+                .feature_views
+                .iter()
+                .find(|v| v.name == r.view)
+                .ok_or_else(|| ResolveError::UnknownView {
+                    view: r.view.clone(),
+                    known: list(
+                        self.feature_views
+                            .iter()
+                            .filter(|v| v.kind == ViewKind::Features)
+                            .map(|v| &v.name),
+                    ),
+                })?;
+            if view.kind == ViewKind::Labels {
+                return Err(ResolveError::LabelAsFeature(r.to_string()));
+            }
+            let field = view
+                .field(&r.feature)
+                .ok_or_else(|| ResolveError::UnknownFeature {
+                    view: view.name.clone(),
+                    feature: r.feature.clone(),
+                    known: list(view.schema.iter().map(|f| &f.name)),
+                })?;
+            let output_name = if full_names {
+                format!("{}__{}", view.name, field.name)
+            } else {
+                field.name.clone()
+            };
+            if let Some(other) = out.iter().find(|s| s.output_name == output_name) {
+                return Err(if other.view == view.name {
+                    ResolveError::Duplicate(r.to_string())
+                } else {
+                    ResolveError::Ambiguous {
+                        name: output_name,
+                        first: other.view.clone(),
+                        second: view.name.clone(),
+                    }
+                });
+            }
+            out.push(SelectedFeature {
+                view: view.name.clone(),
+                field: field.clone(),
+                output_name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Parses `view:feature` strings, then resolves them.
+    pub fn select_feature_strings(
+        &self,
+        refs: &[String],
+        full_names: bool,
+    ) -> Result<Vec<SelectedFeature>, ResolveError> {
+        let parsed = refs
+            .iter()
+            .map(|s| FeatureRef::parse(s.trim()).ok_or_else(|| ResolveError::Malformed(s.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.select_features(&parsed, full_names)
+    }
+
+    /// The features of a feature service.
+    pub fn select_service(
+        &self,
+        name: &str,
+        full_names: bool,
+    ) -> Result<Vec<SelectedFeature>, ResolveError> {
+        let service = self
+            .feature_service(name)
+            .ok_or_else(|| ResolveError::UnknownService {
+                name: name.to_string(),
+                known: list(self.feature_services.iter().map(|s| &s.name)),
+            })?;
+        self.select_features(&service.features, full_names)
+    }
+
+    /// A label: `field` or `label_view:field` of a label view.
+    pub fn select_label(
+        &self,
+        label: &str,
+        full_names: bool,
+    ) -> Result<SelectedFeature, ResolveError> {
+        let labels = || {
+            self.feature_views
+                .iter()
+                .filter(|v| v.kind == ViewKind::Labels)
+        };
+        let unknown = || ResolveError::UnknownLabel {
+            label: label.to_string(),
+            known: {
+                let names: Vec<String> = labels()
+                    .flat_map(|v| {
+                        v.schema
+                            .iter()
+                            .map(move |f| format!("{}:{}", v.name, f.name))
+                    })
+                    .collect();
+                list(names.iter())
+            },
+        };
+        let (view, field) = match FeatureRef::parse(label) {
+            Some(r) => {
+                let view = labels().find(|v| v.name == r.view).ok_or_else(unknown)?;
+                (view, view.field(&r.feature).ok_or_else(unknown)?)
+            }
+            None => labels()
+                .find_map(|v| v.field(label).map(|f| (v, f)))
+                .ok_or_else(unknown)?,
+        };
+        Ok(SelectedFeature {
+            view: view.name.clone(),
+            field: field.clone(),
+            output_name: if full_names {
+                format!("{}__{}", view.name, field.name)
+            } else {
+                field.name.clone()
+            },
+        })
+    }
+}
+
 /// `ttl` as Feast writes it: a duration string (`90d`, `36h`, `1w 2d`), a number of
 /// seconds, or 0 / null for "no limit".
 fn parse_ttl(value: &serde_yaml::Value) -> Result<Option<u64>, String> {

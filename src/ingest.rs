@@ -373,6 +373,16 @@ pub async fn ingest_month(
     .await
     .map_err(IngestError::db("the ingestion log"))?;
     tx.commit().await.map_err(IngestError::db("the month"))?;
+    // Fresh statistics, so the planner of the first training set or materialization
+    // after an ingestion does not guess (autovacuum may be off or late).
+    for spec in TABLES {
+        for table in std::iter::once(spec.raw).chain(spec.snapshot) {
+            sqlx::query(&format!("ANALYZE {}.{}", ident(schema), ident(table)))
+                .execute(pool)
+                .await
+                .map_err(IngestError::db("the statistics"))?;
+        }
+    }
     progress.finish_and_clear();
     Ok(IngestReport {
         as_of,

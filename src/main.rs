@@ -109,14 +109,107 @@ enum Command {
         #[arg(long, default_value = "2024-01-31", value_name = "DATE")]
         first_as_of: NaiveDate,
     },
+    /// Run the feature server (HTTP API; OpenAPI document at /openapi.json).
+    #[command(after_help = EXIT_CODES)]
+    Serve {
+        /// Address to listen on (default: server.bind from the config, 127.0.0.1:8000).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<std::net::SocketAddr>,
+        /// Development mode: mutating routes need no admin token on a loopback address.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print the online features of one entity (what GET /features/{id} serves).
+    #[command(after_help = EXIT_CODES)]
+    Online {
+        /// The entity key, e.g. a user_id.
+        id: String,
+        /// Features as view:feature, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "VIEW:FEATURE,...")]
+        features: Vec<String>,
+        /// A feature service (default: server.default_feature_service).
+        #[arg(long, value_name = "NAME")]
+        feature_service: Option<String>,
+    },
+    /// Build a point-in-time correct training set (Feast's get_historical_features).
+    ///
+    /// For each entity row (user_id, event_timestamp), every requested feature takes the
+    /// newest source row at or before event_timestamp (within the view's ttl). The join
+    /// runs inside PostgreSQL as one query; rows stream to the file, which appears only
+    /// once complete. Uses the definitions the registry holds (run `skewless apply`).
+    #[command(after_help = EXIT_CODES)]
+    #[command(group(clap::ArgGroup::new("entity_rows").required(true).args(["entity_sql", "entities"])))]
+    #[command(group(clap::ArgGroup::new("feature_list").required(true).args(["features", "feature_service"])))]
+    Historical {
+        /// SQL returning the entity rows: user_id and event_timestamp columns (runs read-only).
+        #[arg(long, value_name = "SQL")]
+        entity_sql: Option<String>,
+        /// CSV file of entity rows with user_id and event_timestamp columns.
+        #[arg(long, value_name = "FILE.csv")]
+        entities: Option<PathBuf>,
+        /// Features as view:feature, comma-separated, in output order.
+        #[arg(long, value_delimiter = ',', value_name = "VIEW:FEATURE,...")]
+        features: Vec<String>,
+        /// A feature service naming the features.
+        #[arg(long, value_name = "NAME")]
+        feature_service: Option<String>,
+        /// A label from a label view (e.g. churn_label), joined point-in-time as the last column.
+        #[arg(long, value_name = "LABEL")]
+        label: Option<String>,
+        /// Name columns view__feature instead of feature.
+        #[arg(long)]
+        full_feature_names: bool,
+        /// Output format (default: from the --out extension, else csv).
+        #[arg(long, value_parser = ["csv", "jsonl", "parquet"])]
+        format: Option<String>,
+        /// Output file (parent folders are created).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Copy the newest feature values of a time window from the offline sources into the
+    /// online tables, for the views the registry holds (run `skewless apply` first).
+    ///
+    /// Per view, in one transaction inside PostgreSQL: the newest source row per entity
+    /// with START <= timestamp_field <= END (both inclusive, as in Feast) replaces the
+    /// online row only if it is newer, and the view's watermark moves up to END.
+    /// Materializing the same window again writes nothing; an older window never
+    /// overwrites newer values. Times without an offset are UTC.
+    #[command(after_help = EXIT_CODES)]
+    Materialize {
+        /// Start of the window, inclusive: 2024-01-01, 2024-01-01T00:00:00 (UTC) or RFC 3339.
+        #[arg(value_parser = skewless::online::materialize::parse_timestamp)]
+        start: chrono::DateTime<chrono::Utc>,
+        /// End of the window, inclusive (same forms).
+        #[arg(value_parser = skewless::online::materialize::parse_timestamp)]
+        end: chrono::DateTime<chrono::Utc>,
+        /// Only these online feature views (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',', value_name = "VIEW,...")]
+        views: Vec<String>,
+    },
+    /// Materialize each view from where its last materialization ended up to END
+    /// (a view never materialized starts at END - ttl, or at the beginning without ttl).
+    #[command(after_help = EXIT_CODES)]
+    MaterializeIncremental {
+        /// End of the window, inclusive: 2024-02-01, 2024-02-01T00:00:00 (UTC) or RFC 3339.
+        #[arg(value_parser = skewless::online::materialize::parse_timestamp)]
+        end: chrono::DateTime<chrono::Utc>,
+        /// Only these online feature views (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',', value_name = "VIEW,...")]
+        views: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs its requests; one-shot commands speak through stdout and exit codes.
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "skewless=info,tower_http=info,warn",
+        _ => "skewless=warn,warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "skewless=info,warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -139,6 +232,27 @@ fn main() -> ExitCode {
 /// Maps an error to its exit code by what caused it.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<skewless::online::MaterializeError>() {
+            use skewless::online::MaterializeError as M;
+            return match m {
+                M::UnknownViews { .. } | M::InvalidWindow { .. } => 2, // wrong usage
+                M::Database { .. } | M::Registry(_) => exit::DATABASE,
+                _ => exit::INVALID_DEFINITIONS,
+            };
+        }
+        if let Some(h) = cause.downcast_ref::<skewless::offline::HistoricalError>() {
+            use skewless::offline::HistoricalError as H;
+            return match h {
+                H::Resolve(_) | H::Entities(_) => exit::INVALID_INPUT,
+                H::Database(_) | H::Query(_) | H::Unavailable(_) => exit::DATABASE,
+                H::Decode(_) => exit::FAILURE,
+            };
+        }
+        if cause.is::<skewless::definitions::ResolveError>()
+            || cause.is::<skewless::online::read::OnlineReadError>()
+        {
+            return exit::INVALID_INPUT;
+        }
         if cause.is::<DefinitionErrors>() || cause.is::<skewless::config::ConfigError>() {
             return exit::INVALID_DEFINITIONS;
         }
@@ -168,6 +282,43 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plan => plan_or_apply(&cli.repo, false).await,
         Command::Apply => plan_or_apply(&cli.repo, true).await,
         Command::Registry => list_registry(&cli.repo).await,
+        Command::Serve { addr, dev } => serve(&cli.repo, addr, dev).await,
+        Command::Online {
+            id,
+            features,
+            feature_service,
+        } => online(&cli.repo, &id, &features, feature_service.as_deref()).await,
+        Command::Historical {
+            entity_sql,
+            entities,
+            features,
+            feature_service,
+            label,
+            full_feature_names,
+            format,
+            out,
+        } => {
+            historical(
+                &cli.repo,
+                HistoricalArgs {
+                    entity_sql,
+                    entities,
+                    features,
+                    feature_service,
+                    label,
+                    full_feature_names,
+                    format,
+                    out,
+                },
+            )
+            .await
+        }
+        Command::Materialize { start, end, views } => {
+            materialize_views(&cli.repo, Some(start), end, &views).await
+        }
+        Command::MaterializeIncremental { end, views } => {
+            materialize_views(&cli.repo, None, end, &views).await
+        }
         Command::Generate {
             users,
             months,
@@ -314,6 +465,289 @@ async fn list_registry(repo: &Path) -> Result<()> {
     println!("{:<16} {:<28} {:>7}", "KIND", "NAME", "VERSION");
     for (object, version) in objects {
         println!("{:<16} {:<28} {:>7}", object.noun, object.name, version);
+    }
+    Ok(())
+}
+
+/// `materialize` (a window) and `materialize-incremental` (`start` None): acts on what
+/// the registry holds, not on the files.
+async fn materialize_views(
+    repo: &Path,
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    end: chrono::DateTime<chrono::Utc>,
+    views: &[String],
+) -> Result<()> {
+    use skewless::online::materialize::{self as mat, MaterializeError, Window, display_time};
+    let repo = FeatureRepo::load(repo)?;
+    let config = &repo.config;
+    mat::check_same_database(config)?;
+    if let Some(start) = start
+        && start > end
+    {
+        return Err(MaterializeError::InvalidWindow { start, end }.into());
+    }
+    let online = config
+        .online_pool()
+        .await
+        .context("cannot connect to the online store")?;
+    let defs = Registry::new(online.clone(), config).load().await?;
+    if defs.feature_views.is_empty() {
+        return Err(MaterializeError::NothingApplied {
+            project: config.project.clone(),
+        }
+        .into());
+    }
+    let count = mat::online_views(&defs, views)?.len();
+    let noun = if count == 1 { "view" } else { "views" };
+    match start {
+        Some(start) => println!(
+            "Materializing {count} feature {noun} from {} to {} into the postgres online store.\n",
+            display_time(start),
+            display_time(end)
+        ),
+        None => println!(
+            "Materializing {count} feature {noun} to {} into the postgres online store.\n",
+            display_time(end)
+        ),
+    }
+    let progress = bar(count as u64, "materializing");
+    let report = match start {
+        Some(start) => {
+            let window = Window::between(start, end);
+            mat::materialize(&online, config, &defs, window, views, &progress).await
+        }
+        None => mat::materialize_incremental(&online, config, &defs, end, views, &progress).await,
+    };
+    progress.finish_and_clear();
+    let report = report?;
+    for view in &report.views {
+        match (start, view.window.start) {
+            (Some(_), _) => println!("{}: {} rows", view.view, view.rows),
+            (None, Some(from)) if view.window.is_empty() => println!(
+                "{}: already materialized up to {}, nothing to do",
+                view.view,
+                display_time(from)
+            ),
+            (None, _) => println!("{} {}: {} rows", view.view, view.window, view.rows),
+        }
+    }
+    let noun = if report.views.len() == 1 {
+        "view"
+    } else {
+        "views"
+    };
+    println!(
+        "\n[OK] Materialized {} rows into {} feature {noun} in {:.2}s",
+        report.rows(),
+        report.views.len(),
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+struct HistoricalArgs {
+    entity_sql: Option<String>,
+    entities: Option<PathBuf>,
+    features: Vec<String>,
+    feature_service: Option<String>,
+    label: Option<String>,
+    full_feature_names: bool,
+    format: Option<String>,
+    out: PathBuf,
+}
+
+/// `historical`: resolves the request against the registry, streams the training set
+/// into `<out>.partial`, and renames it into place only when complete.
+async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
+    use skewless::offline::historical::{self, Entities, HistoricalOptions, HistoricalRequest};
+    use skewless::output::{BatchWriter, Format};
+
+    let repo = FeatureRepo::load(repo)?;
+    let config = &repo.config;
+    let online = config
+        .online_pool()
+        .await
+        .context("cannot connect to the online store (registry)")?;
+    let defs = Registry::new(online, config).load().await?;
+    if defs.feature_views.is_empty() {
+        anyhow::bail!(
+            "nothing is registered for project {}: run `skewless apply` first",
+            config.project
+        );
+    }
+    let full = args.full_feature_names;
+    let features = match &args.feature_service {
+        Some(name) => defs.select_service(name, full)?,
+        None => defs.select_feature_strings(&args.features, full)?,
+    };
+    let label = args
+        .label
+        .as_deref()
+        .map(|l| defs.select_label(l, full))
+        .transpose()?;
+    let format = match &args.format {
+        Some(f) => Format::parse(f).expect("clap checked the value"),
+        None => Format::from_path(&args.out).unwrap_or(Format::Csv),
+    };
+    let entities = match (&args.entity_sql, &args.entities) {
+        (Some(sql), _) => Entities::Sql(sql.clone()),
+        (None, Some(path)) => Entities::Csv {
+            name: path.display().to_string(),
+            reader: Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            ),
+        },
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let offline = config
+        .offline_pool()
+        .await
+        .context("cannot connect to the offline store")?;
+    let mut set = historical::start(
+        &offline,
+        &defs,
+        HistoricalRequest {
+            entities,
+            features,
+            label,
+        },
+        &HistoricalOptions::from_config(config),
+    )
+    .await?;
+
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let partial = args.out.with_extension(match args.out.extension() {
+        Some(ext) => format!("{}.partial", ext.to_string_lossy()),
+        None => "partial".into(),
+    });
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    let result = async {
+        let mut writer = BatchWriter::new(
+            format,
+            &set.schema,
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            &[],
+        )?;
+        let progress = bar(set.rows, "writing rows");
+        let mut written = 0u64;
+        while let Some(batch) = set.batches.recv().await {
+            let batch = batch?;
+            writer.write(&batch)?;
+            written += batch.rows as u64;
+            progress.inc(batch.rows as u64);
+        }
+        writer
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        progress.finish_and_clear();
+        anyhow::Ok(written)
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            std::fs::rename(&partial, &args.out)
+                .with_context(|| format!("cannot move the result to {}", args.out.display()))?;
+            println!("[OK] Wrote {} with {written} rows", args.out.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+async fn serve(repo: &Path, addr: Option<std::net::SocketAddr>, dev: bool) -> Result<()> {
+    let config = Config::load(repo)?;
+    let addr = addr.unwrap_or(config.server.bind);
+    if config.server.admin_token.is_none() && !(dev && addr.ip().is_loopback()) {
+        tracing::warn!(
+            "no admin token configured: mutating routes are refused (set server.admin_token, or use --dev on loopback)"
+        );
+    }
+    skewless::server::serve(
+        config,
+        skewless::server::ServeOptions { addr, dev },
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C: in-flight requests then finish, new ones are refused.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+async fn online(
+    repo: &Path,
+    id: &str,
+    features: &[String],
+    feature_service: Option<&str>,
+) -> Result<()> {
+    use skewless::online::read::OnlineQuery;
+    let config = Config::load(repo)?;
+    let pool = config
+        .online_pool()
+        .await
+        .context("cannot connect to the online store")?;
+    let defs = Registry::new(pool.clone(), &config).load().await?;
+    let selected = match (features.is_empty(), feature_service) {
+        (false, _) => defs.select_feature_strings(features, false)?,
+        (true, Some(name)) => defs.select_service(name, false)?,
+        (true, None) => match &config.server.default_feature_service {
+            Some(name) => defs.select_service(name, false)?,
+            None => anyhow::bail!("give --features or --feature-service"),
+        },
+    };
+    let query = OnlineQuery::new(&config, &defs, selected)?;
+    let result = query.read(&pool, &[id.to_string()]).await?;
+    let width = result
+        .values
+        .columns
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    println!("{id}");
+    for (f, column) in result.values.columns.iter().enumerate() {
+        let mut value = String::new();
+        if result.is_served(f, 0) {
+            column.write_text(0, &mut value);
+        } else {
+            value.push_str("null");
+        }
+        println!(
+            "  {:<width$}  {value}  ({})",
+            column.name,
+            result.statuses[f][0].as_str()
+        );
     }
     Ok(())
 }

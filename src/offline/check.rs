@@ -136,3 +136,15 @@ pub fn database_message(e: &sqlx::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// Whether an error means "the database cannot be reached right now" (answer 503 and
+/// retry), as opposed to a query the database refused.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}

@@ -51,6 +51,27 @@ impl TableLayout {
         sql
     }
 
+    /// `ON CONFLICT … DO UPDATE … WHERE newer`: the one rule by which a row replaces an
+    /// online row — a strictly newer event_ts, or an equal one with a newer created_ts.
+    /// An equal or older row changes nothing, so writes and materializations are
+    /// idempotent and never regress. `alias` is the target table's alias.
+    pub fn upsert_if_newer(&self, alias: &str) -> String {
+        let updates = self
+            .columns
+            .iter()
+            .map(|(name, _)| format!("{0} = EXCLUDED.{0}", ident(name)))
+            .chain([
+                format!("{EVENT_TS} = EXCLUDED.{EVENT_TS}"),
+                format!("{CREATED_TS} = EXCLUDED.{CREATED_TS}"),
+            ])
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE ({alias}.{EVENT_TS}, coalesce({alias}.{CREATED_TS}, '-infinity'::timestamptz)) < (EXCLUDED.{EVENT_TS}, coalesce(EXCLUDED.{CREATED_TS}, '-infinity'::timestamptz))",
+            key = ident(&self.key)
+        )
+    }
+
     pub fn drop_sql(&self) -> String {
         format!("DROP TABLE IF EXISTS {}", self.table)
     }

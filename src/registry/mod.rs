@@ -13,6 +13,7 @@ mod diff;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -289,10 +290,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Key of the advisory lock that serializes applies (see [`Registry::lock`]).
+    fn lock_key(&self) -> String {
+        format!("skewless_registry:{}", self.schema)
+    }
+
     /// Serializes applies (and layout creation) across every process sharing the database.
     async fn lock(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), RegistryError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("skewless_registry:{}", self.schema))
+            .bind(self.lock_key())
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -501,6 +507,112 @@ impl Registry {
             .await?;
         tx.commit().await?;
         Ok(plan)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Materialization watermarks: `<schema>.materializations`, one row per (project, view),
+    // deleted by `apply` whenever the view's online table is created, rebuilt or dropped.
+
+    /// Takes the registry lock in shared mode for the rest of `tx`: an apply (which takes
+    /// it exclusively) waits for the transaction to end, and the transaction waits for a
+    /// running apply, so what `tx` reads of the registry stays true until it commits.
+    /// Shared holders (concurrent materializations) do not wait for each other.
+    pub async fn lock_shared(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), RegistryError> {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext($1))")
+            .bind(self.lock_key())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The applied definitions as `tx` sees them (empty if nothing was ever applied).
+    pub async fn load_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<Definitions, RegistryError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{}.objects", ident(&self.schema)))
+            .fetch_one(&mut **tx)
+            .await?;
+        if !exists {
+            return Ok(Definitions::default());
+        }
+        let stored = self.stored_objects(&mut **tx).await?;
+        definitions_from(stored.into_iter().map(|(o, _)| o))
+    }
+
+    /// The end of the materialized window of `view` (the greatest end ever materialized
+    /// since its table was last created), `None` if it was never materialized.
+    pub async fn materialization_end<'e, E>(
+        &self,
+        executor: E,
+        view: &str,
+    ) -> Result<Option<DateTime<Utc>>, RegistryError>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        let end = sqlx::query_scalar(&format!(
+            "SELECT end_ts FROM {} WHERE project = $1 AND view = $2",
+            self.table("materializations")
+        ))
+        .bind(&self.project)
+        .bind(view)
+        .fetch_optional(executor)
+        .await?;
+        Ok(end)
+    }
+
+    /// Every materialization watermark of the project: view name and end of its window.
+    /// Empty if nothing was ever applied.
+    pub async fn materialization_ends(
+        &self,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, RegistryError> {
+        if !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as(&format!(
+            "SELECT view, end_ts FROM {} WHERE project = $1 ORDER BY view",
+            self.table("materializations")
+        ))
+        .bind(&self.project)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Records a materialization of `view` over `[start, end]` (`start` `None`: unbounded)
+    /// that wrote `rows` rows, inside the transaction that wrote them. The watermark only
+    /// moves forward: `end_ts = greatest(stored end_ts, end)`; `start_ts` and `rows` are
+    /// those of this latest run.
+    pub async fn record_materialization(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        view: &str,
+        start: Option<DateTime<Utc>>,
+        end: DateTime<Utc>,
+        rows: u64,
+    ) -> Result<(), RegistryError> {
+        sqlx::query(&format!(
+            "INSERT INTO {} AS m (project, view, start_ts, end_ts, rows, updated_at)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (project, view) DO UPDATE SET
+                 start_ts = EXCLUDED.start_ts,
+                 end_ts = greatest(m.end_ts, EXCLUDED.end_ts),
+                 rows = EXCLUDED.rows,
+                 updated_at = EXCLUDED.updated_at",
+            self.table("materializations")
+        ))
+        .bind(&self.project)
+        .bind(view)
+        .bind(start)
+        .bind(end)
+        .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 }
 

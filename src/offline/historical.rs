@@ -1,0 +1,593 @@
+//! Point-in-time correct training sets, computed inside PostgreSQL.
+//!
+//! Semantics are Feast's: for each entity row (key, event_timestamp) and each view, the
+//! source row of that key with the greatest timestamp ≤ event_timestamp (and, with a ttl,
+//! ≥ event_timestamp − ttl), ties broken by the greatest created timestamp; no such row
+//! gives NULLs. Output keeps the entity rows' order and count, duplicates included.
+//!
+//! How: entity rows reach a temporary table (COPY, or `INSERT … SELECT` from the user's
+//! SQL inside a READ ONLY transaction); ONE query joins every view — each view's source
+//! query is a subquery, so a Postgres-compatible distributed engine can run the whole
+//! thing — and its result leaves PostgreSQL as a binary COPY stream, decoded into
+//! [`Batch`]es of [`BATCH_ROWS`] rows that flow through a bounded channel. Memory stays
+//! flat whatever the size of the training set.
+
+use std::io::Read;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures::StreamExt;
+use sqlx::{Column as _, Connection, Executor, PgPool, Postgres, Statement, Transaction, TypeInfo};
+use tokio::sync::mpsc;
+
+use crate::batch::{Batch, BatchBuilder, ColumnSpec};
+use crate::config::Config;
+use crate::definitions::{Definitions, ResolveError, SelectedFeature, ValueType};
+use crate::offline::copy::BinaryCopyDecoder;
+use crate::offline::database_message;
+use crate::pgtypes::{self, column_type, ident};
+
+/// Rows per batch handed downstream (and to plugins).
+pub const BATCH_ROWS: usize = 8192;
+
+/// Name of the entity timestamp column, in requests and in the output.
+pub const EVENT_TIMESTAMP: &str = "event_timestamp";
+
+/// Where the entity rows come from.
+pub enum Entities {
+    /// Rows given inline (HTTP JSON): keys and timestamps, same length.
+    Inline {
+        keys: Vec<String>,
+        timestamps: Vec<String>,
+    },
+    /// A CSV with a key column and `event_timestamp` (other columns are ignored);
+    /// streamed, never held in memory. `name` is used in messages.
+    Csv {
+        name: String,
+        reader: Box<dyn Read + Send>,
+    },
+    /// SQL returning the key column and `event_timestamp`; runs in a READ ONLY
+    /// transaction with a statement timeout.
+    Sql(String),
+}
+
+/// A training-set request, resolved against the definitions.
+pub struct HistoricalRequest {
+    pub entities: Entities,
+    pub features: Vec<SelectedFeature>,
+    pub label: Option<SelectedFeature>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoricalError {
+    /// The request names something that does not exist.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The entity rows are wrong (missing columns, bad timestamps, SQL that fails…).
+    #[error("{0}")]
+    Entities(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the training-set query failed: {0}")]
+    Query(String),
+    #[error("internal error decoding rows: {0}")]
+    Decode(String),
+}
+
+impl From<sqlx::Error> for HistoricalError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::offline::is_unavailable(&e) {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Database(database_message(&e))
+        }
+    }
+}
+
+/// A training set being produced: its columns, how many rows it will have, and the
+/// batches as they come. Dropping the receiver cancels the query.
+pub struct TrainingSet {
+    pub schema: Vec<ColumnSpec>,
+    pub rows: u64,
+    pub batches: mpsc::Receiver<Result<Batch, HistoricalError>>,
+}
+
+/// Tuning knobs that do not change results.
+#[derive(Debug, Clone)]
+pub struct HistoricalOptions {
+    /// `statement_timeout` for entity SQL, in milliseconds.
+    pub entity_sql_timeout_ms: u64,
+    /// `work_mem` for the join (sorts of the candidate rows).
+    pub work_mem: String,
+}
+
+impl HistoricalOptions {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            entity_sql_timeout_ms: config.server.entity_sql_timeout_ms,
+            work_mem: "256MB".into(),
+        }
+    }
+}
+
+/// Starts a training set: validates, loads the entity rows, and spawns the query whose
+/// rows arrive on [`TrainingSet::batches`]. Errors found before the first row are
+/// returned here, so an HTTP handler can still answer 400.
+#[tracing::instrument(skip_all, fields(features = request.features.len()))]
+pub async fn start(
+    pool: &PgPool,
+    defs: &Definitions,
+    request: HistoricalRequest,
+    options: &HistoricalOptions,
+) -> Result<TrainingSet, HistoricalError> {
+    let started = Instant::now();
+    let mut views: Vec<&SelectedFeature> = request.features.iter().collect();
+    views.extend(request.label.iter());
+    let entity = entity_of(defs, &views)?;
+    let key_type = column_type(entity.value_type);
+    let key = entity.join_key().to_string();
+
+    let mut schema = vec![
+        ColumnSpec {
+            name: key.clone(),
+            dtype: entity.value_type,
+        },
+        ColumnSpec {
+            name: EVENT_TIMESTAMP.into(),
+            dtype: ValueType::UnixTimestamp,
+        },
+    ];
+    for f in views.iter() {
+        if f.output_name == key || f.output_name == EVENT_TIMESTAMP {
+            return Err(HistoricalError::Entities(format!(
+                "feature `{}` would shadow the entity column `{}`; ask for full feature names",
+                f.field.name, f.output_name
+            )));
+        }
+        schema.push(ColumnSpec {
+            name: f.output_name.clone(),
+            dtype: f.field.dtype,
+        });
+    }
+
+    let mut tx = pool.begin().await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await?;
+    for sql in [
+        "SET LOCAL jit = off".to_string(),
+        format!(
+            "SET LOCAL work_mem = '{}'",
+            options.work_mem.replace('\'', "")
+        ),
+        format!(
+            "CREATE TEMP TABLE skewless_entities (row_id bigint NOT NULL, entity_key {key_type}, event_timestamp timestamptz NOT NULL) ON COMMIT DROP"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+    }
+    let rows = load_entities(&mut tx, request.entities, &key, key_type, options).await?;
+    sqlx::query("ANALYZE skewless_entities")
+        .execute(&mut *tx)
+        .await?;
+    let sql = join_sql(defs, &key, &views);
+    tracing::debug!(%sql, rows, "training-set query");
+    tracing::info!(
+        rows,
+        prepare_ms = started.elapsed().as_millis() as u64,
+        "entity rows loaded"
+    );
+
+    let (sender, receiver) = mpsc::channel(4);
+    let stream_schema = schema.clone();
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
+        match result {
+            Ok(()) => {
+                let _ = tx.commit().await;
+            }
+            Err(StreamEnd::Failed(e)) => {
+                let _ = sender.send(Err(e)).await;
+                let _ = tx.rollback().await;
+            }
+            Err(StreamEnd::Abandoned) => {
+                // The query was cancelled and its stream drained: the connection is
+                // clean and goes back to the pool after the rollback.
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback after cancel failed");
+                }
+            }
+        }
+    });
+    Ok(TrainingSet {
+        schema,
+        rows,
+        batches: receiver,
+    })
+}
+
+enum StreamEnd {
+    Failed(HistoricalError),
+    Abandoned,
+}
+
+async fn stream_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    sql: &str,
+    schema: Vec<ColumnSpec>,
+    sender: &mpsc::Sender<Result<Batch, HistoricalError>>,
+    pool: &PgPool,
+    pid: i32,
+) -> Result<(), StreamEnd> {
+    let failed = |e: HistoricalError| StreamEnd::Failed(e);
+    let mut stream = tx
+        .copy_out_raw(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
+        .await
+        .map_err(|e| failed(HistoricalError::Query(database_message(&e))))?;
+    let mut decoder = BinaryCopyDecoder::new();
+    let mut builder = BatchBuilder::new(schema, BATCH_ROWS);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| failed(HistoricalError::Query(database_message(&e))))?;
+        decoder.feed(&chunk);
+        while decoder
+            .next_tuple(&mut builder)
+            .map_err(|e| failed(HistoricalError::Decode(e.to_string())))?
+        {
+            if builder.is_full() && sender.send(Ok(builder.take())).await.is_err() {
+                // The consumer went away (a client disconnected): stop the query in the
+                // server, then read the stream to its (error) end, so the connection is
+                // left in a known state.
+                cancel_backend(pool, pid).await;
+                while let Some(Ok(_)) = stream.next().await {}
+                return Err(StreamEnd::Abandoned);
+            }
+        }
+    }
+    if builder.rows() > 0 && sender.send(Ok(builder.take())).await.is_err() {
+        return Err(StreamEnd::Abandoned);
+    }
+    Ok(())
+}
+
+/// Cancels the running query of backend `pid`, from a connection of its own (the pool
+/// may have none to spare).
+async fn cancel_backend(pool: &PgPool, pid: i32) {
+    tracing::info!(pid, "training-set consumer gone: cancelling the query");
+    match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(mut conn) => {
+            if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot cancel the query");
+            }
+            let _ = conn.close().await;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot connect to cancel the query"),
+    }
+}
+
+/// The single entity every requested view is keyed by.
+fn entity_of<'d>(
+    defs: &'d Definitions,
+    views: &[&SelectedFeature],
+) -> Result<&'d crate::definitions::Entity, HistoricalError> {
+    let first = views.first().ok_or(ResolveError::Empty)?;
+    let view = defs
+        .feature_view(&first.view)
+        .expect("selected features come from known views");
+    let entity = defs.view_entity(view);
+    for f in views {
+        let other = defs.view_entity(defs.feature_view(&f.view).expect("known view"));
+        if other.name != entity.name {
+            return Err(HistoricalError::Entities(format!(
+                "views `{}` and `{}` have different entities (`{}`, `{}`); a training set joins one entity",
+                first.view, f.view, entity.name, other.name
+            )));
+        }
+    }
+    Ok(entity)
+}
+
+/// The point-in-time join of every requested view, as ONE query. Each view becomes a
+/// `DISTINCT ON (row_id)` over a hash join of the entity rows with the view's source
+/// query (a subquery), ordered so the newest eligible row wins; the views are then
+/// merged on `row_id`, which also restores the entity rows' order.
+pub fn join_sql(defs: &Definitions, key: &str, features: &[&SelectedFeature]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    for f in features {
+        if !order.contains(&f.view.as_str()) {
+            order.push(&f.view);
+        }
+    }
+    let mut ctes = Vec::new();
+    let mut joins = Vec::new();
+    for (i, view_name) in order.iter().enumerate() {
+        let view = defs.feature_view(view_name).expect("known view");
+        let source = defs.view_source(view);
+        let ts = format!("CAST(s.{} AS timestamptz)", ident(&source.timestamp_field));
+        let cols: Vec<String> = features
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.view == *view_name)
+            .map(|(j, f)| {
+                format!(
+                    "CAST(s.{} AS {}) AS c{j}",
+                    ident(&f.field.name),
+                    column_type(f.field.dtype)
+                )
+            })
+            .collect();
+        let mut conditions = vec![
+            format!("s.{} = e.entity_key", ident(key)),
+            format!("{ts} <= e.event_timestamp"),
+        ];
+        if let Some(ttl) = view.ttl_seconds {
+            conditions.push(format!(
+                "{ts} >= e.event_timestamp - make_interval(secs => {ttl})"
+            ));
+        }
+        let mut order_by = vec!["e.row_id".to_string(), format!("{ts} DESC")];
+        if let Some(created) = &source.created_timestamp_column {
+            order_by.push(format!(
+                "CAST(s.{} AS timestamptz) DESC NULLS LAST",
+                ident(created)
+            ));
+        }
+        ctes.push(format!(
+            "v{i} AS (SELECT DISTINCT ON (e.row_id) e.row_id, {cols} FROM skewless_entities e JOIN ({query}) AS s ON {conditions} ORDER BY {order_by})",
+            cols = cols.join(", "),
+            query = source.query,
+            conditions = conditions.join(" AND "),
+            order_by = order_by.join(", "),
+        ));
+        joins.push(format!("LEFT JOIN v{i} ON v{i}.row_id = e.row_id"));
+    }
+    // Columns in the requested order: feature j lives in the CTE of its view.
+    let mut select = vec!["e.entity_key".to_string(), "e.event_timestamp".to_string()];
+    for (j, f) in features.iter().enumerate() {
+        let i = order
+            .iter()
+            .position(|v| *v == f.view)
+            .expect("view listed");
+        select.push(format!("v{i}.c{j}"));
+    }
+    format!(
+        "WITH {ctes} SELECT {select} FROM skewless_entities e {joins} ORDER BY e.row_id",
+        ctes = ctes.join(", "),
+        select = select.join(", "),
+        joins = joins.join(" "),
+    )
+}
+
+/// Fills `skewless_entities`; returns the row count.
+async fn load_entities(
+    tx: &mut Transaction<'static, Postgres>,
+    entities: Entities,
+    key: &str,
+    key_type: &str,
+    options: &HistoricalOptions,
+) -> Result<u64, HistoricalError> {
+    const COPY: &str = "COPY skewless_entities (row_id, entity_key, event_timestamp) FROM STDIN";
+    match entities {
+        Entities::Inline { keys, timestamps } => {
+            if keys.len() != timestamps.len() {
+                return Err(HistoricalError::Entities(format!(
+                    "entities: `{key}` has {} values but `{EVENT_TIMESTAMP}` has {}; they must have the same length",
+                    keys.len(),
+                    timestamps.len()
+                )));
+            }
+            let mut buf = Vec::with_capacity(keys.len() * 48);
+            for (i, (k, t)) in keys.iter().zip(&timestamps).enumerate() {
+                let ts = parse_timestamp(t).ok_or_else(|| {
+                    HistoricalError::Entities(format!(
+                        "entities: row {i}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
+                    ))
+                })?;
+                push_entity_row(&mut buf, i as u64 + 1, k, ts);
+            }
+            copy_in(tx, COPY, vec![buf]).await?;
+            Ok(keys.len() as u64)
+        }
+        Entities::Csv { name, reader } => {
+            let mut csv = csv::ReaderBuilder::new().from_reader(reader);
+            let headers = csv
+                .headers()
+                .map_err(|e| HistoricalError::Entities(format!("{name}: {e}")))?
+                .clone();
+            let position = |col: &str| {
+                headers.iter().position(|h| h.trim() == col).ok_or_else(|| {
+                    HistoricalError::Entities(format!(
+                        "{name}: missing column `{col}` (entity rows need `{key}` and `{EVENT_TIMESTAMP}`; found: {})",
+                        headers.iter().collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            };
+            let (key_pos, ts_pos) = (position(key)?, position(EVENT_TIMESTAMP)?);
+            let mut copy = tx.copy_in_raw(COPY).await?;
+            let mut buf = Vec::with_capacity(1 << 20);
+            let mut rows = 0u64;
+            let mut record = csv::StringRecord::new();
+            loop {
+                let more = match csv.read_record(&mut record) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        let _ = copy.abort("invalid entity rows").await;
+                        return Err(HistoricalError::Entities(format!("{name}: {e}")));
+                    }
+                };
+                if !more {
+                    break;
+                }
+                rows += 1;
+                let line = record.position().map_or(rows + 1, |p| p.line());
+                let t = &record[ts_pos];
+                let Some(ts) = parse_timestamp(t) else {
+                    let _ = copy.abort("invalid entity rows").await;
+                    return Err(HistoricalError::Entities(format!(
+                        "{name}, line {line}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
+                    )));
+                };
+                push_entity_row(&mut buf, rows, &record[key_pos], ts);
+                if buf.len() >= 1 << 20 {
+                    copy.send(std::mem::take(&mut buf)).await?;
+                }
+            }
+            if !buf.is_empty() {
+                copy.send(buf).await?;
+            }
+            copy.finish().await?;
+            Ok(rows)
+        }
+        Entities::Sql(sql) => {
+            let sql = sql.trim().trim_end_matches(';').to_string();
+            // From here on nothing but the temporary table can be written.
+            sqlx::query("SET TRANSACTION READ ONLY")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(&format!(
+                "SET LOCAL statement_timeout = {}",
+                options.entity_sql_timeout_ms
+            ))
+            .execute(&mut **tx)
+            .await?;
+            let entity_err = |e: sqlx::Error| {
+                HistoricalError::Entities(format!("entity_sql failed: {}", database_message(&e)))
+            };
+            let statement = (&mut **tx).prepare(&sql).await.map_err(entity_err)?;
+            let columns: Vec<(String, String)> = statement
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
+                .collect();
+            let found = || {
+                columns
+                    .iter()
+                    .map(|(n, t)| format!("{n} {}", t.to_lowercase()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for (col, temporal) in [(key, false), (EVENT_TIMESTAMP, true)] {
+                match columns.iter().find(|(n, _)| n == col) {
+                    None => {
+                        return Err(HistoricalError::Entities(format!(
+                            "entity_sql must return `{key}` and `{EVENT_TIMESTAMP}` columns; it returns: {}",
+                            found()
+                        )));
+                    }
+                    Some((_, t)) if temporal && !pgtypes::is_temporal(t) => {
+                        return Err(HistoricalError::Entities(format!(
+                            "entity_sql: `{EVENT_TIMESTAMP}` has type {}, not a date or timestamp",
+                            t.to_lowercase()
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO skewless_entities (row_id, entity_key, event_timestamp)
+                 SELECT row_number() OVER (), CAST(q.{k} AS {key_type}), CAST(q.{ts} AS timestamptz)
+                 FROM ({sql}) AS q",
+                k = ident(key),
+                ts = ident(EVENT_TIMESTAMP),
+            ))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => {
+                    HistoricalError::Entities(format!(
+                        "entity_sql returned a NULL `{EVENT_TIMESTAMP}`; every entity row needs a timestamp"
+                    ))
+                }
+                _ => entity_err(e),
+            })?
+            .rows_affected();
+            sqlx::query("SET LOCAL statement_timeout = 0")
+                .execute(&mut **tx)
+                .await?;
+            Ok(inserted)
+        }
+    }
+}
+
+async fn copy_in(
+    tx: &mut Transaction<'static, Postgres>,
+    statement: &str,
+    chunks: Vec<Vec<u8>>,
+) -> Result<(), HistoricalError> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    for chunk in chunks {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+fn push_entity_row(buf: &mut Vec<u8>, row_id: u64, key: &str, ts: DateTime<Utc>) {
+    use std::io::Write;
+    let _ = write!(buf, "{row_id}\t");
+    if key.is_empty() {
+        buf.extend_from_slice(b"\\N");
+    } else {
+        for b in key.bytes() {
+            match b {
+                b'\\' => buf.extend_from_slice(b"\\\\"),
+                b'\t' => buf.extend_from_slice(b"\\t"),
+                b'\n' => buf.extend_from_slice(b"\\n"),
+                b'\r' => buf.extend_from_slice(b"\\r"),
+                _ => buf.push(b),
+            }
+        }
+    }
+    let _ = writeln!(buf, "\t{}", ts.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+}
+
+/// Entity timestamps as people and pandas write them: RFC 3339, `YYYY-MM-DD HH:MM:SS`
+/// with an optional offset, or a bare date (midnight UTC). A time without an offset is
+/// UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_in_every_usual_form() {
+        let midnight = parse_timestamp("2024-01-31T00:00:00Z").unwrap();
+        for s in [
+            "2024-01-31",
+            "2024-01-31 00:00:00",
+            "2024-01-31T00:00:00",
+            "2024-01-31 00:00:00+00:00",
+            "2024-01-31T01:00:00+01:00",
+            "2024-01-31 00:00:00.000000",
+        ] {
+            assert_eq!(parse_timestamp(s), Some(midnight), "{s}");
+        }
+        assert_eq!(parse_timestamp("31/01/2024"), None);
+        assert_eq!(parse_timestamp(""), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! What a server holds in memory: the registry snapshot (swapped atomically, never read
+//! per request) and the prepared online request shapes built from it.
+//!
+//! A server is stateless: everything here is rebuilt from PostgreSQL. Changes arrive by
+//! `LISTEN skewless_registry` (an apply anywhere NOTIFYs); after a lost connection, and
+//! every `registry.cache_ttl_seconds`, the snapshot is reloaded in full.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sqlx::postgres::PgListener;
+
+use crate::config::Config;
+use crate::definitions::{Definitions, SelectedFeature};
+use crate::online::read::{OnlineQuery, OnlineReadError};
+use crate::registry::{NOTIFY_CHANNEL, Registry, RegistryError};
+
+/// Most request shapes kept prepared; past it the cache starts afresh.
+const MAX_SHAPES: usize = 1024;
+
+/// One consistent view of the registry.
+pub struct Snapshot {
+    pub defs: Definitions,
+    pub loaded_at: Instant,
+    shapes: Mutex<HashMap<String, Arc<OnlineQuery>>>,
+}
+
+impl Snapshot {
+    pub fn new(defs: Definitions) -> Self {
+        Self {
+            defs,
+            loaded_at: Instant::now(),
+            shapes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The prepared query for these features (built on first use of the shape).
+    pub fn online_query(
+        &self,
+        config: &Config,
+        features: Vec<SelectedFeature>,
+    ) -> Result<Arc<OnlineQuery>, OnlineReadError> {
+        let key = features
+            .iter()
+            .map(|f| format!("{}:{}={}", f.view, f.field.name, f.output_name))
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(q) = self.shapes.lock().expect("not poisoned").get(&key) {
+            return Ok(q.clone());
+        }
+        let query = Arc::new(OnlineQuery::new(config, &self.defs, features)?);
+        let mut shapes = self.shapes.lock().expect("not poisoned");
+        if shapes.len() >= MAX_SHAPES {
+            shapes.clear();
+        }
+        shapes.insert(key, query.clone());
+        Ok(query)
+    }
+}
+
+/// The registry snapshot shared by every request.
+pub struct RegistryCache {
+    registry: Registry,
+    current: ArcSwap<Snapshot>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl RegistryCache {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry,
+            current: ArcSwap::from_pointee(Snapshot::new(Definitions::default())),
+            last_error: Mutex::new(Some("registry not loaded yet".into())),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Why the last reload failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("not poisoned").clone()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.last_error().is_none()
+    }
+
+    /// Reads the registry and swaps the snapshot in. In-flight requests keep the
+    /// snapshot they started with.
+    pub async fn reload(&self) -> Result<(), RegistryError> {
+        match self.registry.load().await {
+            Ok(defs) => {
+                let views = defs.feature_views.len();
+                self.current.store(Arc::new(Snapshot::new(defs)));
+                *self.last_error.lock().expect("not poisoned") = None;
+                tracing::info!(views, "registry loaded");
+                Ok(())
+            }
+            Err(e) => {
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps the snapshot fresh for as long as the server runs: LISTEN for applies,
+    /// reload in full on (re)connect and every `ttl`.
+    pub async fn watch(self: Arc<Self>, project: String, ttl: Duration) {
+        loop {
+            let mut listener = match PgListener::connect_with(self.registry.pool()).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry listener cannot connect; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Anything may have changed while we were not listening.
+            let _ = self.reload().await;
+            loop {
+                match tokio::time::timeout(ttl, listener.try_recv()).await {
+                    Ok(Ok(Some(n))) if n.payload() == project => {
+                        let _ = self.reload().await;
+                    }
+                    Ok(Ok(Some(_))) => {}
+                    // The connection dropped (and sqlx reconnected): reload in full.
+                    Ok(Ok(None)) => {
+                        let _ = self.reload().await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "registry listener failed; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                    Err(_) => {
+                        let _ = self.reload().await;
+                    }
+                }
+            }
+        }
+    }
+}
