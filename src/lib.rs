@@ -17,3 +17,4 @@ pub mod pgtypes;
 pub mod registry;
 pub mod repo;
 pub mod server;
+pub mod time;

@@ -163,8 +163,11 @@ enum Command {
         #[arg(long, value_parser = ["csv", "jsonl", "parquet"])]
         format: Option<String>,
         /// Output file (parent folders are created).
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[arg(long, value_name = "PATH", required_unless_present = "explain")]
+        out: Option<PathBuf>,
+        /// Print the query and PostgreSQL's EXPLAIN ANALYZE of it instead of writing rows.
+        #[arg(long)]
+        explain: bool,
     },
     /// Copy the newest feature values of a time window from the offline sources into the
     /// online tables, for the views the registry holds (run `skewless apply` first).
@@ -297,6 +300,7 @@ async fn run(cli: Cli) -> Result<()> {
             full_feature_names,
             format,
             out,
+            explain,
         } => {
             historical(
                 &cli.repo,
@@ -309,6 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
                     full_feature_names,
                     format,
                     out,
+                    explain,
                 },
             )
             .await
@@ -553,7 +558,8 @@ struct HistoricalArgs {
     label: Option<String>,
     full_feature_names: bool,
     format: Option<String>,
-    out: PathBuf,
+    out: Option<PathBuf>,
+    explain: bool,
 }
 
 /// `historical`: resolves the request against the registry, streams the training set
@@ -585,9 +591,10 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
         .as_deref()
         .map(|l| defs.select_label(l, full))
         .transpose()?;
+    let out = args.out.clone().unwrap_or_default();
     let format = match &args.format {
         Some(f) => Format::parse(f).expect("clap checked the value"),
-        None => Format::from_path(&args.out).unwrap_or(Format::Csv),
+        None => Format::from_path(&out).unwrap_or(Format::Csv),
     };
     let entities = match (&args.entity_sql, &args.entities) {
         (Some(sql), _) => Entities::Sql(sql.clone()),
@@ -604,23 +611,26 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
         .offline_pool()
         .await
         .context("cannot connect to the offline store")?;
-    let mut set = historical::start(
-        &offline,
-        &defs,
-        HistoricalRequest {
-            entities,
-            features,
-            label,
-        },
-        &HistoricalOptions::from_config(config),
-    )
-    .await?;
+    let request = HistoricalRequest {
+        entities,
+        features,
+        label,
+    };
+    let options = HistoricalOptions::from_config(config);
+    if args.explain {
+        println!(
+            "{}",
+            historical::explain(&offline, &defs, request, &options).await?
+        );
+        return Ok(());
+    }
+    let mut set = historical::start(&offline, &defs, request, &options).await?;
 
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let partial = args.out.with_extension(match args.out.extension() {
+    let partial = out.with_extension(match out.extension() {
         Some(ext) => format!("{}.partial", ext.to_string_lossy()),
         None => "partial".into(),
     });
@@ -652,9 +662,9 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
     .await;
     match result {
         Ok(written) => {
-            std::fs::rename(&partial, &args.out)
-                .with_context(|| format!("cannot move the result to {}", args.out.display()))?;
-            println!("[OK] Wrote {} with {written} rows", args.out.display());
+            std::fs::rename(&partial, &out)
+                .with_context(|| format!("cannot move the result to {}", out.display()))?;
+            println!("[OK] Wrote {} with {written} rows", out.display());
             Ok(())
         }
         Err(e) => {

@@ -15,7 +15,9 @@
 use std::io::Read;
 use std::time::Instant;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
+
+use crate::time::parse_timestamp;
 use futures::StreamExt;
 use sqlx::{Column as _, Connection, Executor, PgPool, Postgres, Statement, Transaction, TypeInfo};
 use tokio::sync::mpsc;
@@ -122,6 +124,58 @@ pub async fn start(
     request: HistoricalRequest,
     options: &HistoricalOptions,
 ) -> Result<TrainingSet, HistoricalError> {
+    let Prepared {
+        mut tx,
+        pid,
+        sql,
+        schema,
+        rows,
+    } = prepare(pool, defs, request, options).await?;
+    let (sender, receiver) = mpsc::channel(4);
+    let stream_schema = schema.clone();
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
+        match result {
+            Ok(()) => {
+                let _ = tx.commit().await;
+            }
+            Err(StreamEnd::Failed(e)) => {
+                let _ = sender.send(Err(e)).await;
+                let _ = tx.rollback().await;
+            }
+            Err(StreamEnd::Abandoned) => {
+                // The query was cancelled and its stream drained: the connection is
+                // clean and goes back to the pool after the rollback.
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback after cancel failed");
+                }
+            }
+        }
+    });
+    Ok(TrainingSet {
+        schema,
+        rows,
+        batches: receiver,
+    })
+}
+
+/// A transaction holding the loaded entity rows, and the query to run over them.
+struct Prepared {
+    tx: Transaction<'static, Postgres>,
+    pid: i32,
+    sql: String,
+    schema: Vec<ColumnSpec>,
+    rows: u64,
+}
+
+/// Validates the request, opens the transaction, and loads the entity rows.
+async fn prepare(
+    pool: &PgPool,
+    defs: &Definitions,
+    request: HistoricalRequest,
+    options: &HistoricalOptions,
+) -> Result<Prepared, HistoricalError> {
     let started = Instant::now();
     let mut views: Vec<&SelectedFeature> = request.features.iter().collect();
     views.extend(request.label.iter());
@@ -157,6 +211,7 @@ pub async fn start(
         .fetch_one(&mut *tx)
         .await?;
     for sql in [
+        // JIT compilation costs more than it saves on these queries.
         "SET LOCAL jit = off".to_string(),
         format!(
             "SET LOCAL work_mem = '{}'",
@@ -179,34 +234,30 @@ pub async fn start(
         prepare_ms = started.elapsed().as_millis() as u64,
         "entity rows loaded"
     );
-
-    let (sender, receiver) = mpsc::channel(4);
-    let stream_schema = schema.clone();
-    let pool = pool.clone();
-    tokio::spawn(async move {
-        let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
-        match result {
-            Ok(()) => {
-                let _ = tx.commit().await;
-            }
-            Err(StreamEnd::Failed(e)) => {
-                let _ = sender.send(Err(e)).await;
-                let _ = tx.rollback().await;
-            }
-            Err(StreamEnd::Abandoned) => {
-                // The query was cancelled and its stream drained: the connection is
-                // clean and goes back to the pool after the rollback.
-                if let Err(e) = tx.rollback().await {
-                    tracing::warn!(error = %e, "rollback after cancel failed");
-                }
-            }
-        }
-    });
-    Ok(TrainingSet {
+    Ok(Prepared {
+        tx,
+        pid,
+        sql,
         schema,
         rows,
-        batches: receiver,
     })
+}
+
+/// Runs the training-set query under `EXPLAIN (ANALYZE, BUFFERS)` instead of returning
+/// its rows: PostgreSQL's own plan and time for exactly the SQL a training set runs.
+pub async fn explain(
+    pool: &PgPool,
+    defs: &Definitions,
+    request: HistoricalRequest,
+    options: &HistoricalOptions,
+) -> Result<String, HistoricalError> {
+    let Prepared { mut tx, sql, .. } = prepare(pool, defs, request, options).await?;
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| HistoricalError::Query(database_message(&e)))?;
+    tx.rollback().await?;
+    Ok(format!("{sql}\n\n{}", lines.join("\n")))
 }
 
 enum StreamEnd {
@@ -328,7 +379,7 @@ pub fn join_sql(defs: &Definitions, key: &str, features: &[&SelectedFeature]) ->
         ];
         if let Some(ttl) = view.ttl_seconds {
             conditions.push(format!(
-                "{ts} >= e.event_timestamp - make_interval(secs => {ttl})"
+                "{ts} >= e.event_timestamp - interval '{ttl} seconds'"
             ));
         }
         let mut order_by = vec!["e.row_id".to_string(), format!("{ts} DESC")];
@@ -384,7 +435,7 @@ async fn load_entities(
             }
             let mut buf = Vec::with_capacity(keys.len() * 48);
             for (i, (k, t)) in keys.iter().zip(&timestamps).enumerate() {
-                let ts = parse_timestamp(t).ok_or_else(|| {
+                let ts = parse_timestamp(t).ok().ok_or_else(|| {
                     HistoricalError::Entities(format!(
                         "entities: row {i}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
                     ))
@@ -427,7 +478,7 @@ async fn load_entities(
                 rows += 1;
                 let line = record.position().map_or(rows + 1, |p| p.line());
                 let t = &record[ts_pos];
-                let Some(ts) = parse_timestamp(t) else {
+                let Ok(ts) = parse_timestamp(t) else {
                     let _ = copy.abort("invalid entity rows").await;
                     return Err(HistoricalError::Entities(format!(
                         "{name}, line {line}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
@@ -545,49 +596,4 @@ fn push_entity_row(buf: &mut Vec<u8>, row_id: u64, key: &str, ts: DateTime<Utc>)
         }
     }
     let _ = writeln!(buf, "\t{}", ts.format("%Y-%m-%d %H:%M:%S%.6f+00"));
-}
-
-/// Entity timestamps as people and pandas write them: RFC 3339, `YYYY-MM-DD HH:MM:SS`
-/// with an optional offset, or a bare date (midnight UTC). A time without an offset is
-/// UTC.
-pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
-        if let Ok(t) = DateTime::parse_from_str(s, format) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
-            return Some(t.and_utc());
-        }
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_in_every_usual_form() {
-        let midnight = parse_timestamp("2024-01-31T00:00:00Z").unwrap();
-        for s in [
-            "2024-01-31",
-            "2024-01-31 00:00:00",
-            "2024-01-31T00:00:00",
-            "2024-01-31 00:00:00+00:00",
-            "2024-01-31T01:00:00+01:00",
-            "2024-01-31 00:00:00.000000",
-        ] {
-            assert_eq!(parse_timestamp(s), Some(midnight), "{s}");
-        }
-        assert_eq!(parse_timestamp("31/01/2024"), None);
-        assert_eq!(parse_timestamp(""), None);
-    }
 }

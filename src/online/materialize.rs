@@ -29,7 +29,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::ProgressBar;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -90,32 +90,7 @@ pub fn display_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.f%:z").to_string()
 }
 
-/// Parses a command-line timestamp: RFC 3339 (`2024-01-01T00:00:00Z`,
-/// `2024-01-01T01:00:00+01:00`), a naive date-time taken as UTC (`2024-01-01T00:00:00`,
-/// `2024-01-01 00:00:00`, optional fraction, or without seconds), or a bare date
-/// (`2024-01-01`, midnight UTC).
-pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    for format in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
-            return Ok(t.and_utc());
-        }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    Err(format!(
-        "`{s}` is not a timestamp: expected RFC 3339 (2024-01-01T00:00:00Z), a UTC date-time (2024-01-01T00:00:00) or a date (2024-01-01)"
-    ))
-}
+pub use crate::time::parse_timestamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
@@ -644,29 +619,6 @@ label_views:
 
     fn utc(s: &str) -> DateTime<Utc> {
         parse_timestamp(s).unwrap()
-    }
-
-    #[test]
-    fn timestamps_in_every_accepted_form() {
-        let midnight = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        for s in [
-            "2024-01-01",
-            "2024-01-01T00:00:00",
-            "2024-01-01T00:00:00Z",
-            "2024-01-01T00:00:00+00:00",
-            "2024-01-01 00:00:00",
-            "2024-01-01T00:00",
-            "2024-01-01T01:00:00+01:00",
-            " 2024-01-01T00:00:00.000 ",
-        ] {
-            assert_eq!(parse_timestamp(s), Ok(midnight), "{s}");
-        }
-        assert_eq!(utc("2024-01-01T12:30:00.5").timestamp_subsec_millis(), 500);
-        let err = parse_timestamp("January").unwrap_err();
-        assert!(err.contains("`January` is not a timestamp"), "{err}");
-        assert!(parse_timestamp("2024-02-30").is_err());
     }
 
     #[test]

@@ -10,9 +10,14 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::definitions::{Definitions, ValueType};
-use crate::offline::historical::parse_timestamp;
+
 use crate::online::layout::{CREATED_TS, EVENT_TS, TableLayout};
 use crate::pgtypes::{column_type, ident};
+
+/// A timestamp, or None.
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    crate::time::parse_timestamp(s).ok()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnlineWriteError {
@@ -75,7 +80,7 @@ fn convert(
             _ => None,
         }),
         ValueType::UnixTimestamp => collect!(Timestamp, |v: &Value| match v {
-            Value::String(s) => parse_timestamp(s),
+            Value::String(s) => parse_ts(s),
             Value::Number(n) => n
                 .as_f64()
                 .and_then(|secs| { DateTime::from_timestamp_micros((secs * 1e6) as i64) }),
@@ -160,18 +165,15 @@ pub async fn write_columns(
     }
     // One row per key, the newest (ON CONFLICT cannot touch a row twice in one statement).
     let stamp = |row: usize| -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), OnlineWriteError> {
-        let ts = event[row]
-            .as_str()
-            .and_then(parse_timestamp)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "column `event_timestamp`, row {row}: {} is not a timestamp",
-                    event[row]
-                ))
-            })?;
+        let ts = event[row].as_str().and_then(parse_ts).ok_or_else(|| {
+            invalid(format!(
+                "column `event_timestamp`, row {row}: {} is not a timestamp",
+                event[row]
+            ))
+        })?;
         let created = match created.get(row) {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_str().and_then(parse_timestamp).ok_or_else(|| {
+            Some(v) => Some(v.as_str().and_then(parse_ts).ok_or_else(|| {
                 invalid(format!(
                     "column `created`, row {row}: {v} is not a timestamp"
                 ))

@@ -1,9 +1,13 @@
 //! API errors: always JSON `{"message", "code"}` with the right status, so clients can
 //! branch on `code` and people can read `message`.
 
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use super::SharedState;
 
 use crate::definitions::ResolveError;
 use crate::offline::HistoricalError;
@@ -62,6 +66,78 @@ impl IntoResponse for ApiError {
         };
         (self.status, axum::Json(body)).into_response()
     }
+}
+
+/// Rewrites the error responses that do not come from [`ApiError`] (axum's own
+/// rejections: a body over `server.max_body_bytes`, a bad query string, a wrong method)
+/// into the same JSON `{"message", "code"}`, keeping the status.
+pub async fn json_errors(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "BODY_TOO_LARGE",
+            format!(
+                "the request body is larger than {} bytes (server.max_body_bytes)",
+                state.config.server.max_body_bytes
+            ),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "METHOD_NOT_ALLOWED",
+            match &allow {
+                Some(a) => format!(
+                    "method not allowed on this route (allowed: {})",
+                    a.to_str().unwrap_or("")
+                ),
+                None => "method not allowed on this route".to_string(),
+            },
+        ),
+        StatusCode::NOT_FOUND => ("NOT_FOUND", text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UNSUPPORTED_MEDIA_TYPE", text),
+        StatusCode::BAD_REQUEST => ("BAD_REQUEST", text),
+        s if s.is_server_error() => ("INTERNAL", text),
+        _ => ("HTTP_ERROR", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = allow {
+        rewritten.headers_mut().insert(header::ALLOW, allow);
+    }
+    rewritten
+}
+
+/// Unknown routes: 404 as JSON, pointing at the route list.
+pub async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!(
+            "no route {} {} (the routes are listed at GET /openapi.json)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 impl From<ResolveError> for ApiError {

@@ -99,6 +99,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/get-online-features", post(features::get_online_features))
         .route("/historical", post(training::historical))
         .merge(admin)
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::json_errors,
+        ))
         .layer(axum::middleware::from_fn(ops::record_metrics))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())

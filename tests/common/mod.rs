@@ -2,6 +2,9 @@
 //! StreamFlow feature repo pointed at it, and the `skewless` binary.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -159,6 +162,26 @@ pub fn generated_seeds(users: u64, months: u32) -> tempfile::TempDir {
     )
     .unwrap();
     dir
+}
+
+/// A database with `users` generated users over two months (as of 2024-01-31 and
+/// 2024-02-29) ingested with the CLI, and a StreamFlow repo copy, which `edit` may
+/// change, applied to it.
+pub async fn ingested_and_applied(users: u64, edit: impl FnOnce(&TempRepo)) -> (TestDb, TempRepo) {
+    let db = TestDb::new().await;
+    let repo = TempRepo::streamflow();
+    let seeds = generated_seeds(users, 2);
+    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
+        skewless(repo.path(), &db)
+            .args(["ingest", "--seeds"])
+            .arg(seeds.path().join(month))
+            .args(["--as-of", as_of])
+            .assert()
+            .success();
+    }
+    edit(&repo);
+    skewless(repo.path(), &db).arg("apply").assert().success();
+    (db, repo)
 }
 
 /// A fingerprint of every user table's contents AND row versions (xmin) in a schema:
