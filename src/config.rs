@@ -347,9 +347,16 @@ impl Config {
     /// and answers 503, while the database is down) and failing fast when it is.
     pub fn server_pools(&self) -> (PgPool, PgPool) {
         let fail_fast = Duration::from_millis(self.server.db_acquire_timeout_ms);
+        // Online reads are small prepared statements run over and over: planning them
+        // anew each time (PostgreSQL's custom plans for the first executions, and again
+        // whenever it judges them cheaper) costs more than running them. The generic plan
+        // (index lookups per key) is the right one for every request shape.
         let online = pool_options(&self.online_store)
             .acquire_timeout(fail_fast)
-            .connect_lazy_with(self.online_connect_options());
+            .connect_lazy_with(
+                self.online_connect_options()
+                    .options([("plan_cache_mode", "force_generic_plan"), ("jit", "off")]),
+            );
         let offline = pool_options(&self.offline_store)
             .acquire_timeout(fail_fast)
             .connect_lazy_with(self.offline_connect_options());
