@@ -69,6 +69,8 @@ pub struct OnlineQuery {
     feature_view: Vec<usize>,
     views: Vec<ViewSlot>,
     pub features: Vec<SelectedFeature>,
+    /// The entity's join key, e.g. `user_id`.
+    key_name: String,
 }
 
 impl OnlineQuery {
@@ -92,10 +94,13 @@ impl OnlineQuery {
             }
             layouts.push((view, TableLayout::of(config, defs, view)));
         }
-        let key_type = layouts
+        let (key_type, key_name) = layouts
             .first()
-            .map(|(v, _)| defs.view_entity(v).value_type)
-            .unwrap_or(ValueType::String);
+            .map(|(v, _)| {
+                let entity = defs.view_entity(v);
+                (entity.value_type, entity.join_key().to_string())
+            })
+            .unwrap_or((ValueType::String, "entity".into()));
         let mut select = Vec::new();
         let mut columns = Vec::new();
         let mut feature_view = Vec::new();
@@ -142,7 +147,13 @@ impl OnlineQuery {
             feature_view,
             views,
             features,
+            key_name,
         })
+    }
+
+    /// The entity's join key, e.g. `user_id`.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
     }
 
     pub fn sql(&self) -> &str {

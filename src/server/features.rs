@@ -105,21 +105,28 @@ pub async fn get_features(
     Query(query): Query<FeaturesQuery>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot();
-    let list: Option<Vec<String>> = query.features.as_deref().map(|s| {
-        s.split(',')
-            .map(|f| f.trim().to_string())
-            .filter(|f| !f.is_empty())
-            .collect()
-    });
-    let features = select(
-        &state,
-        &snapshot.defs,
-        list.as_deref(),
-        query.feature_service.as_deref(),
-        query.full_feature_names,
-    )?;
-    let key_name = entity_key_name(&snapshot.defs, &features);
-    let online = snapshot.online_query(&state.config, features)?;
+    let shape = format!(
+        "get|{}|{}|{}",
+        query.features.as_deref().unwrap_or(""),
+        query.feature_service.as_deref().unwrap_or(""),
+        query.full_feature_names
+    );
+    let online = snapshot.online_query(&state.config, &shape, |defs| {
+        let list: Option<Vec<String>> = query.features.as_deref().map(|s| {
+            s.split(',')
+                .map(|f| f.trim().to_string())
+                .filter(|f| !f.is_empty())
+                .collect()
+        });
+        select(
+            &state,
+            defs,
+            list.as_deref(),
+            query.feature_service.as_deref(),
+            query.full_feature_names,
+        )
+    })?;
+    let key_name = online.key_name().to_string();
     let result = online
         .read(&state.online, std::slice::from_ref(&id))
         .await?;
@@ -159,14 +166,6 @@ fn write_value(result: &OnlineResult, feature: usize, entity: usize, out: &mut S
     }
 }
 
-fn entity_key_name(defs: &crate::definitions::Definitions, features: &[SelectedFeature]) -> String {
-    features
-        .first()
-        .and_then(|f| defs.feature_view(&f.view))
-        .map(|v| defs.view_entity(v).join_key().to_string())
-        .unwrap_or_else(|| "entity".into())
-}
-
 /// Feast's online read: `metadata.feature_names` (the entity column first, then the
 /// features in request order) and one `results[]` entry per column with `values`,
 /// `statuses` and `event_timestamps`. The body is parsed as JSON whatever its
@@ -188,20 +187,27 @@ pub async fn get_online_features(
 ) -> Result<Response, ApiError> {
     let request: GetOnlineFeaturesRequest = parse_json(&body)?;
     let snapshot = state.registry.snapshot();
-    let features = select(
-        &state,
-        &snapshot.defs,
-        request.features.as_deref(),
-        request.feature_service.as_deref(),
-        request.full_feature_names,
-    )?;
-    let key_name = entity_key_name(&snapshot.defs, &features);
+    let shape = format!(
+        "post|{}|{}|{}",
+        request.features.as_deref().unwrap_or_default().join(","),
+        request.feature_service.as_deref().unwrap_or(""),
+        request.full_feature_names
+    );
+    let online = snapshot.online_query(&state.config, &shape, |defs| {
+        select(
+            &state,
+            defs,
+            request.features.as_deref(),
+            request.feature_service.as_deref(),
+            request.full_feature_names,
+        )
+    })?;
+    let key_name = online.key_name().to_string();
     let keys = entity_keys(
         &request.entities,
         &key_name,
         state.config.server.max_entities,
     )?;
-    let online = snapshot.online_query(&state.config, features)?;
     let result = online.read(&state.online, &keys).await?;
 
     let epoch = "1970-01-01T00:00:00Z";

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use sqlx::postgres::PgListener;
 
+use super::ApiError;
 use crate::config::Config;
 use crate::definitions::{Definitions, SelectedFeature};
-use crate::online::read::{OnlineQuery, OnlineReadError};
+use crate::online::read::OnlineQuery;
 use crate::registry::{NOTIFY_CHANNEL, Registry, RegistryError};
 
 /// Most request shapes kept prepared; past it the cache starts afresh.
@@ -36,26 +37,25 @@ impl Snapshot {
         }
     }
 
-    /// The prepared query for these features (built on first use of the shape).
+    /// The prepared query of a request shape, built on first use: `request` is the
+    /// request's own wording of its features (so a repeated request resolves nothing),
+    /// `resolve` turns it into features when the shape is new.
     pub fn online_query(
         &self,
         config: &Config,
-        features: Vec<SelectedFeature>,
-    ) -> Result<Arc<OnlineQuery>, OnlineReadError> {
-        let key = features
-            .iter()
-            .map(|f| format!("{}:{}={}", f.view, f.field.name, f.output_name))
-            .collect::<Vec<_>>()
-            .join(",");
-        if let Some(q) = self.shapes.lock().expect("not poisoned").get(&key) {
+        request: &str,
+        resolve: impl FnOnce(&Definitions) -> Result<Vec<SelectedFeature>, ApiError>,
+    ) -> Result<Arc<OnlineQuery>, ApiError> {
+        if let Some(q) = self.shapes.lock().expect("not poisoned").get(request) {
             return Ok(q.clone());
         }
+        let features = resolve(&self.defs)?;
         let query = Arc::new(OnlineQuery::new(config, &self.defs, features)?);
         let mut shapes = self.shapes.lock().expect("not poisoned");
         if shapes.len() >= MAX_SHAPES {
             shapes.clear();
         }
-        shapes.insert(key, query.clone());
+        shapes.insert(request.to_string(), query.clone());
         Ok(query)
     }
 }
