@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{TempRepo, TestDb, course_seeds, generated_seeds, skewless};
+use common::{TempRepo, TestDb, course_seeds, skewless};
 use predicates::prelude::*;
 use rand::{Rng, SeedableRng};
 use skewless::batch::Batch;
@@ -274,19 +274,7 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
 
 /// A database with generated months ingested and applied.
 async fn applied(users: u64) -> (TestDb, TempRepo) {
-    let db = TestDb::new().await;
-    let repo = TempRepo::streamflow();
-    let seeds = generated_seeds(users, 2);
-    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.path().join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success();
-    }
-    skewless(repo.path(), &db).arg("apply").assert().success();
-    (db, repo)
+    common::ingested_and_applied(users, |_| {}).await
 }
 
 const LAB_SQL: &str = "SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'";

@@ -310,6 +310,15 @@ fn entity_keys(
             ),
         ));
     }
+    json_strings(values, "INVALID_ENTITY", key_name)
+}
+
+/// A JSON column of keys or timestamps as strings (numbers are accepted as written).
+pub fn json_strings(
+    values: &[Value],
+    code: &'static str,
+    column: &str,
+) -> Result<Vec<String>, ApiError> {
     values
         .iter()
         .enumerate()
@@ -317,8 +326,8 @@ fn entity_keys(
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
             other => Err(ApiError::bad_request(
-                "INVALID_ENTITY",
-                format!("entity {i}: {other} is not a key (expected a string or an integer)"),
+                code,
+                format!("{column}[{i}]: {other} is not a string or a number"),
             )),
         })
         .collect()

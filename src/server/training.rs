@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::features::parse_json;
+use super::features::{json_strings, parse_json};
 use super::{ApiError, SharedState};
 use crate::offline::historical::{
     self, EVENT_TIMESTAMP, Entities, HistoricalOptions, HistoricalRequest,
@@ -102,18 +102,7 @@ pub async fn historical(
                         format!("entities must hold `{key}` and `{EVENT_TIMESTAMP}` columns; missing `{name}`"),
                     )
                 })?;
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| match v {
-                        Value::String(s) => Ok(s.clone()),
-                        Value::Number(n) => Ok(n.to_string()),
-                        other => Err(ApiError::bad_request(
-                            "INVALID_ENTITIES",
-                            format!("entities.{name}[{i}]: {other} is not a string"),
-                        )),
-                    })
-                    .collect()
+                json_strings(values, "INVALID_ENTITIES", &format!("entities.{name}"))
             };
             Entities::Inline {
                 keys: column(&key)?,
