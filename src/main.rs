@@ -114,6 +114,29 @@ enum Command {
         #[arg(long, default_value = "2024-01-31", value_name = "DATE")]
         first_as_of: NaiveDate,
     },
+    /// Set everything up and serve: ingest the month folders under --seeds (generating
+    /// demo data there first if it holds none), apply, materialize every month, serve.
+    ///
+    /// What `docker compose up` runs. Every step is idempotent, so running it again
+    /// against the same database changes nothing and serves again.
+    #[command(after_help = EXIT_CODES)]
+    Demo {
+        /// Folder of month folders (month_000 = 2024-01-31, month_001 = 2024-02-29, ...).
+        #[arg(long, default_value = "data/seeds", value_name = "DIR")]
+        seeds: PathBuf,
+        /// Users to generate when --seeds holds no month folder.
+        #[arg(long, default_value_t = 7043)]
+        users: u64,
+        /// Address to serve on (default: server.bind).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<std::net::SocketAddr>,
+        /// Development mode for the server (see `serve --dev`).
+        #[arg(long)]
+        dev: bool,
+        /// Stop after materializing (do not serve).
+        #[arg(long)]
+        no_serve: bool,
+    },
     /// Run the feature server (HTTP API; OpenAPI document at /openapi.json).
     #[command(after_help = EXIT_CODES)]
     Serve {
@@ -290,6 +313,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plan => plan_or_apply(&cli.repo, false).await,
         Command::Apply => plan_or_apply(&cli.repo, true).await,
         Command::Registry => list_registry(&cli.repo).await,
+        Command::Demo {
+            seeds,
+            users,
+            addr,
+            dev,
+            no_serve,
+        } => {
+            demo(&cli.repo, &seeds, users).await?;
+            if no_serve {
+                Ok(())
+            } else {
+                serve(&cli.repo, addr, dev).await
+            }
+        }
         Command::Serve { addr, dev } => serve(&cli.repo, addr, dev).await,
         Command::Online {
             id,
@@ -765,4 +802,43 @@ async fn online(
         );
     }
     Ok(())
+}
+
+/// `demo`: seeds (found or generated), ingest, apply, materialize.
+async fn demo(repo: &Path, seeds: &Path, users: u64) -> Result<()> {
+    use skewless::generate::{month_as_of, month_dir_name};
+    let first = NaiveDate::from_ymd_opt(2024, 1, 31).expect("a valid date");
+    let months = |dir: &Path| -> Vec<PathBuf> {
+        (0..)
+            .map(|k| dir.join(month_dir_name(k)))
+            .take_while(|d| d.join("users.csv").is_file())
+            .collect()
+    };
+    let mut found = months(seeds);
+    if found.is_empty() {
+        println!(
+            "No month folders in {}: generating {users} users x 2 months",
+            seeds.display()
+        );
+        generate(
+            &GenerateOptions {
+                users,
+                months: 2,
+                out: seeds.to_path_buf(),
+                seed: 42,
+                first_as_of: first,
+            },
+            None,
+        )?;
+        found = months(seeds);
+    }
+    let mut last = first;
+    for (k, dir) in found.iter().enumerate() {
+        last = month_as_of(first, k as u32);
+        ingest(repo, dir, last).await?;
+    }
+    plan_or_apply(repo, true).await?;
+    let start = first.and_hms_opt(0, 0, 0).expect("midnight").and_utc() - chrono::Duration::days(1);
+    let end = last.and_hms_opt(0, 0, 0).expect("midnight").and_utc() + chrono::Duration::days(1);
+    materialize_views(repo, Some(start), end, &[]).await
 }
