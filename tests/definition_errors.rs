@@ -9,7 +9,11 @@ use skewless::definitions::{Definitions, SourceFile};
 
 #[test]
 fn bad_definition_files_give_golden_messages() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/definitions");
+    // Run-time path: a shared build cache may hold a binary compiled in another checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
+        .join("tests/golden/definitions");
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -287,14 +287,7 @@ async fn the_lab_training_set_on_the_course_data() {
     };
     let db = TestDb::new().await;
     let repo = TempRepo::streamflow();
-    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success();
-    }
+    common::ingest_both_months(&repo, &db, &seeds);
     skewless(repo.path(), &db).arg("apply").assert().success();
     let out = repo.path().join("data/processed/training_df.csv");
     skewless(repo.path(), &db)

@@ -18,15 +18,7 @@ async fn course_data_lands_exactly() {
     };
     let db = TestDb::new().await;
     let repo = TempRepo::streamflow();
-    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success()
-            .stdout(predicate::str::contains("[OK] Ingested"));
-    }
+    common::ingest_both_months(&repo, &db, &seeds);
     let pool = db.pool().await;
     for table in [
         "subscriptions_profile_snapshots",

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{TempRepo, TestDb, course_seeds, fingerprint, generated_seeds, skewless};
+use common::{TempRepo, TestDb, course_seeds, fingerprint, skewless};
 use figment::providers::Format;
 use sqlx::PgPool;
 
@@ -23,19 +23,7 @@ const FEB: &str = "2024-02-29";
 /// A database with two generated months (as of 2024-01-31 and 2024-02-29) ingested, and a
 /// StreamFlow repo copy; `edit` may change the repo before it is applied.
 async fn setup_with(users: u64, edit: impl FnOnce(&TempRepo)) -> (TestDb, TempRepo, PgPool) {
-    let db = TestDb::new().await;
-    let repo = TempRepo::streamflow();
-    let seeds = generated_seeds(users, 2);
-    for (month, as_of) in [("month_000", JAN), ("month_001", FEB)] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.path().join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success();
-    }
-    edit(&repo);
-    skewless(repo.path(), &db).arg("apply").assert().success();
+    let (db, repo) = common::ingested_and_applied(users, edit).await;
     let pool = db.pool().await;
     (db, repo, pool)
 }
@@ -692,14 +680,7 @@ async fn course_lab_materializes_every_user() {
     };
     let db = TestDb::new().await;
     let repo = TempRepo::streamflow();
-    for (month, as_of) in [("month_000", JAN), ("month_001", FEB)] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success();
-    }
+    common::ingest_both_months(&repo, &db, &seeds);
     run(&repo, &db, &["apply"]);
     let out = run(
         &repo,

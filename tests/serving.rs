@@ -510,7 +510,7 @@ const GOLDEN_USERS: u64 = 200;
 async fn get_online_features_speaks_feasts_json() {
     let fx = Fixture::materialized(GOLDEN_USERS).await;
     let server = fx.server().await;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/serving");
+    let dir = common::manifest_dir().join("tests/golden/serving");
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -82,9 +82,18 @@ impl Drop for TestDb {
     }
 }
 
+/// The checkout being tested. Read at run time (cargo sets it for test processes): a
+/// build cache shared between checkouts may hand this test a binary compiled in another
+/// one, whose compile-time path could be gone.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The repository's own StreamFlow feature repo.
 pub fn streamflow_repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("feature_repo")
+    manifest_dir().join("feature_repo")
 }
 
 /// A copy of the StreamFlow feature repo in a temp dir, so a test can edit it.
@@ -171,17 +180,24 @@ pub async fn ingested_and_applied(users: u64, edit: impl FnOnce(&TempRepo)) -> (
     let db = TestDb::new().await;
     let repo = TempRepo::streamflow();
     let seeds = generated_seeds(users, 2);
-    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
-        skewless(repo.path(), &db)
-            .args(["ingest", "--seeds"])
-            .arg(seeds.path().join(month))
-            .args(["--as-of", as_of])
-            .assert()
-            .success();
-    }
+    ingest_both_months(&repo, &db, seeds.path());
     edit(&repo);
     skewless(repo.path(), &db).arg("apply").assert().success();
     (db, repo)
+}
+
+/// Ingests `seeds/month_000` (as of 2024-01-31) and `seeds/month_001` (2024-02-29) with
+/// the CLI, each expected to succeed and to write rows.
+pub fn ingest_both_months(repo: &TempRepo, db: &TestDb, seeds: &Path) {
+    for (month, as_of) in [("month_000", "2024-01-31"), ("month_001", "2024-02-29")] {
+        skewless(repo.path(), db)
+            .args(["ingest", "--seeds"])
+            .arg(seeds.join(month))
+            .args(["--as-of", as_of])
+            .assert()
+            .success()
+            .stdout(predicates::str::contains("[OK] Ingested"));
+    }
 }
 
 /// A fingerprint of every user table's contents AND row versions (xmin) in a schema:
