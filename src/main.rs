@@ -166,37 +166,7 @@ enum Command {
     /// runs inside PostgreSQL as one query; rows stream to the file, which appears only
     /// once complete. Uses the definitions the registry holds (run `skewless apply`).
     #[command(after_help = EXIT_CODES)]
-    #[command(group(clap::ArgGroup::new("entity_rows").required(true).args(["entity_sql", "entities"])))]
-    #[command(group(clap::ArgGroup::new("feature_list").required(true).args(["features", "feature_service"])))]
-    Historical {
-        /// SQL returning the entity rows: user_id and event_timestamp columns (runs read-only).
-        #[arg(long, value_name = "SQL")]
-        entity_sql: Option<String>,
-        /// CSV file of entity rows with user_id and event_timestamp columns.
-        #[arg(long, value_name = "FILE.csv")]
-        entities: Option<PathBuf>,
-        /// Features as view:feature, comma-separated, in output order.
-        #[arg(long, value_delimiter = ',', value_name = "VIEW:FEATURE,...")]
-        features: Vec<String>,
-        /// A feature service naming the features.
-        #[arg(long, value_name = "NAME")]
-        feature_service: Option<String>,
-        /// A label from a label view (e.g. churn_label), joined point-in-time as the last column.
-        #[arg(long, value_name = "LABEL")]
-        label: Option<String>,
-        /// Name columns view__feature instead of feature.
-        #[arg(long)]
-        full_feature_names: bool,
-        /// Output format (default: from the --out extension, else csv).
-        #[arg(long, value_parser = ["csv", "jsonl", "parquet"])]
-        format: Option<String>,
-        /// Output file (parent folders are created).
-        #[arg(long, value_name = "PATH", required_unless_present = "explain")]
-        out: Option<PathBuf>,
-        /// Print the query and PostgreSQL's EXPLAIN ANALYZE of it instead of writing rows.
-        #[arg(long)]
-        explain: bool,
-    },
+    Historical(HistoricalArgs),
     /// Copy the newest feature values of a time window from the offline sources into the
     /// online tables, for the views the registry holds (run `skewless apply` first).
     ///
@@ -333,33 +303,7 @@ async fn run(cli: Cli) -> Result<()> {
             features,
             feature_service,
         } => online(&cli.repo, &id, &features, feature_service.as_deref()).await,
-        Command::Historical {
-            entity_sql,
-            entities,
-            features,
-            feature_service,
-            label,
-            full_feature_names,
-            format,
-            out,
-            explain,
-        } => {
-            historical(
-                &cli.repo,
-                HistoricalArgs {
-                    entity_sql,
-                    entities,
-                    features,
-                    feature_service,
-                    label,
-                    full_feature_names,
-                    format,
-                    out,
-                    explain,
-                },
-            )
-            .await
-        }
+        Command::Historical(args) => historical(&cli.repo, args).await,
         Command::Materialize { start, end, views } => {
             materialize_views(&cli.repo, Some(start), end, &views).await
         }
@@ -592,15 +536,37 @@ async fn materialize_views(
     Ok(())
 }
 
+/// Arguments of `historical`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("entity_rows").required(true).args(["entity_sql", "entities"])))]
+#[command(group(clap::ArgGroup::new("feature_list").required(true).args(["features", "feature_service"])))]
 struct HistoricalArgs {
+    /// SQL returning the entity rows: user_id and event_timestamp columns (runs read-only).
+    #[arg(long, value_name = "SQL")]
     entity_sql: Option<String>,
+    /// CSV file of entity rows with user_id and event_timestamp columns.
+    #[arg(long, value_name = "FILE.csv")]
     entities: Option<PathBuf>,
+    /// Features as view:feature, comma-separated, in output order.
+    #[arg(long, value_delimiter = ',', value_name = "VIEW:FEATURE,...")]
     features: Vec<String>,
+    /// A feature service naming the features.
+    #[arg(long, value_name = "NAME")]
     feature_service: Option<String>,
+    /// A label from a label view (e.g. churn_label), joined point-in-time as the last column.
+    #[arg(long, value_name = "LABEL")]
     label: Option<String>,
+    /// Name columns view__feature instead of feature.
+    #[arg(long)]
     full_feature_names: bool,
+    /// Output format (default: from the --out extension, else csv).
+    #[arg(long, value_parser = ["csv", "jsonl", "parquet"])]
     format: Option<String>,
+    /// Output file (parent folders are created).
+    #[arg(long, value_name = "PATH", required_unless_present = "explain")]
     out: Option<PathBuf>,
+    /// Print the query and PostgreSQL's EXPLAIN ANALYZE of it instead of writing rows.
+    #[arg(long)]
     explain: bool,
 }
 
