@@ -10,6 +10,7 @@ RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 COPY wit ./wit
 COPY plugins ./plugins
 COPY feature_repo ./feature_repo
@@ -30,6 +31,8 @@ COPY --from=build /src/plugins/target/wasm32-wasip2/release/tenure_bucket.wasm .
 RUN mkdir -p /app/data && chown -R skewless:skewless /app
 USER skewless
 ENV SKEWLESS_SERVER__BIND=0.0.0.0:8000
+# `apply` reads the plugins here; servers load the applied bytes from the registry.
+ENV SKEWLESS_PLUGINS__DIR=/app/plugins
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/health || exit 1

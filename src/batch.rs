@@ -96,6 +96,25 @@ impl Validity {
         self.len += 1;
     }
 
+    /// A bitmap of `len` rows, all valid.
+    pub fn all_valid(len: usize) -> Self {
+        let mut bits = vec![0xFFu8; len.div_ceil(8)];
+        if !len.is_multiple_of(8)
+            && let Some(last) = bits.last_mut()
+        {
+            *last = (1u8 << (len % 8)) - 1;
+        }
+        Self { bits, len, nulls: 0 }
+    }
+
+    /// Marks row `i` NULL.
+    pub fn set_null(&mut self, i: usize) {
+        if self.is_valid(i) {
+            self.bits[i / 8] &= !(1 << (i % 8));
+            self.nulls += 1;
+        }
+    }
+
     pub fn is_valid(&self, i: usize) -> bool {
         self.bits[i / 8] & (1 << (i % 8)) != 0
     }
@@ -109,10 +128,22 @@ impl Validity {
         &self.bits
     }
 
+    /// The raw bitmap, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bits
+    }
+
     /// Builds a bitmap from raw bytes (e.g. from a plugin); `None` if too short.
-    pub fn from_bytes(bits: Vec<u8>, len: usize) -> Option<Self> {
+    /// Bytes past `len` and bits past row `len` are dropped (Arrow pads its buffers).
+    pub fn from_bytes(mut bits: Vec<u8>, len: usize) -> Option<Self> {
         if bits.len() < len.div_ceil(8) {
             return None;
+        }
+        bits.truncate(len.div_ceil(8));
+        if !len.is_multiple_of(8)
+            && let Some(last) = bits.last_mut()
+        {
+            *last &= (1u8 << (len % 8)) - 1;
         }
         let nulls = (0..len)
             .filter(|i| bits[i / 8] & (1 << (i % 8)) == 0)
@@ -142,6 +173,14 @@ impl Column {
 
     pub fn is_null(&self, i: usize) -> bool {
         self.validity.as_ref().is_some_and(|v| !v.is_valid(i))
+    }
+
+    /// Makes row `i` NULL (its slot keeps whatever it held; readers see NULL).
+    pub fn set_null(&mut self, i: usize) {
+        let len = self.len();
+        self.validity
+            .get_or_insert_with(|| Validity::all_valid(len))
+            .set_null(i);
     }
 
     /// Renders row `i` as text, the one way a value prints everywhere (CSV cells, JSON

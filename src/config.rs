@@ -60,6 +60,8 @@ pub struct Config {
     pub entity_key_serialization_version: Option<u32>,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// `DATABASE_URL` from the environment: replaces both stores' connection settings.
     #[serde(skip)]
     pub database_url: Option<String>,
@@ -156,6 +158,49 @@ fn default_min_conn() -> u32 {
 }
 fn default_max_conn() -> u32 {
     16
+}
+
+/// Transformation plugins: where `apply` finds them, and the sandbox's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Folder of built plugins (`<name>.wasm`), relative to the feature repo. `apply`
+    /// reads them from here; servers load the applied bytes from the registry.
+    #[serde(default = "default_plugins_dir")]
+    pub dir: PathBuf,
+    /// Budget of the plugin calls of one online request, in milliseconds.
+    #[serde(default = "default_online_timeout")]
+    pub online_timeout_ms: u64,
+    /// Budget of one plugin call on one training-set batch, in milliseconds.
+    #[serde(default = "default_offline_timeout")]
+    pub offline_timeout_ms: u64,
+    /// Linear memory one plugin instance may use, in MiB.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_mib: usize,
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("../plugins/target/wasm32-wasip2/release")
+}
+fn default_online_timeout() -> u64 {
+    50
+}
+fn default_offline_timeout() -> u64 {
+    30_000
+}
+fn default_plugin_memory() -> usize {
+    64
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_plugins_dir(),
+            online_timeout_ms: default_online_timeout(),
+            offline_timeout_ms: default_offline_timeout(),
+            memory_mib: default_plugin_memory(),
+        }
+    }
 }
 
 /// The feature server's own settings.

@@ -195,12 +195,71 @@ pub struct FeatureService {
     pub file: String,
 }
 
+/// Which plugin an on-demand view runs: by name, optionally pinned to a version or to
+/// the exact bytes (sha256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The exact plugin `apply` checked this view against (filled by apply, not by the
+    /// user): every server runs these bytes, whatever the files on its disk say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_sha256: Option<String>,
+}
+
+/// A derived view: features computed by a transformation plugin from the features of
+/// other views, at request time (online) and per batch (training sets), by the same
+/// code. Its features are requested like any other (`churn_signals_fv:fee_per_watch_hour`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandFeatureView {
+    pub name: String,
+    pub plugin: PluginRef,
+    /// The feature views whose features feed the plugin; each plugin input is found by
+    /// name in exactly one of them.
+    pub sources: Vec<String>,
+    /// The plugin's outputs, as this view exposes them.
+    pub schema: Vec<Field>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+impl OnDemandFeatureView {
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.schema.iter().find(|f| f.name == name)
+    }
+}
+
+/// One column a plugin reads or writes, as its `describe()` declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginField {
+    pub name: String,
+    pub dtype: ValueType,
+}
+
+/// What a plugin says about itself (`describe()`), checked against the views that use it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub inputs: Vec<PluginField>,
+    pub outputs: Vec<PluginField>,
+}
+
 /// Every definition of a repo, validated.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Definitions {
     pub entities: Vec<Entity>,
     pub data_sources: Vec<DataSource>,
     pub feature_views: Vec<FeatureView>,
+    #[serde(default)]
+    pub on_demand_feature_views: Vec<OnDemandFeatureView>,
     pub feature_services: Vec<FeatureService>,
 }
 
@@ -262,7 +321,39 @@ struct FileYaml {
     #[serde(default)]
     label_views: Vec<FeatureViewYaml>,
     #[serde(default)]
+    on_demand_feature_views: Vec<OnDemandYaml>,
+    #[serde(default)]
     feature_services: Vec<FeatureServiceYaml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDemandYaml {
+    name: String,
+    #[serde(default)]
+    plugin: Option<PluginYaml>,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    schema: Vec<FieldYaml>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+/// `plugin: churn_signals` or `plugin: {name: churn_signals, version: 0.1.0}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PluginYaml {
+    Name(String),
+    Full {
+        name: String,
+        #[serde(default)]
+        version: Option<String>,
+        #[serde(default)]
+        sha256: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,26 +574,7 @@ impl Definitions {
                     err(object.clone(), "needs a `source`".into());
                     String::new()
                 });
-                if v.schema.is_empty() {
-                    err(object.clone(), "has an empty schema".into());
-                }
-                let mut schema = Vec::new();
-                for f in v.schema {
-                    match ValueType::parse(&f.dtype) {
-                        Some(dtype) => schema.push(Field {
-                            name: f.name,
-                            dtype,
-                            description: f.description,
-                        }),
-                        None => err(
-                            object.clone(),
-                            format!(
-                                "field `{}`: unknown dtype `{}` (expected one of {VALUE_TYPES})",
-                                f.name, f.dtype
-                            ),
-                        ),
-                    }
-                }
+                let schema = parse_schema(v.schema, |m| err(object.clone(), m));
                 let online = match (kind, v.online) {
                     (ViewKind::Labels, Some(true)) => {
                         err(
@@ -527,6 +599,55 @@ impl Definitions {
                     file: file.name.to_string(),
                 });
             }
+            for v in parsed.on_demand_feature_views {
+                let object = format!("on-demand feature view `{}`", v.name);
+                let plugin = match v.plugin {
+                    Some(PluginYaml::Name(name)) => PluginRef {
+                        name,
+                        version: None,
+                        sha256: None,
+                        resolved_sha256: None,
+                    },
+                    Some(PluginYaml::Full {
+                        name,
+                        version,
+                        sha256,
+                    }) => PluginRef {
+                        name,
+                        version,
+                        sha256: sha256.map(|s| s.to_ascii_lowercase()),
+                        resolved_sha256: None,
+                    },
+                    None => {
+                        err(
+                            object.clone(),
+                            "needs a `plugin` (the transformation plugin's name)".into(),
+                        );
+                        PluginRef {
+                            name: String::new(),
+                            version: None,
+                            sha256: None,
+                            resolved_sha256: None,
+                        }
+                    }
+                };
+                if v.sources.is_empty() {
+                    err(
+                        object.clone(),
+                        "needs `sources`: the feature views whose features feed the plugin".into(),
+                    );
+                }
+                let schema = parse_schema(v.schema, |m| err(object.clone(), m));
+                defs.on_demand_feature_views.push(OnDemandFeatureView {
+                    name: v.name,
+                    plugin,
+                    sources: v.sources,
+                    schema,
+                    description: v.description,
+                    tags: v.tags,
+                    file: file.name.to_string(),
+                });
+            }
             services.extend(parsed.feature_services.into_iter().map(|s| (file.name, s)));
         }
         // Feature services are resolved last: a `view` entry expands to all its features.
@@ -535,9 +656,19 @@ impl Definitions {
             for entry in &s.features {
                 match FeatureRef::parse(entry) {
                     Some(r) => features.push(r),
-                    None => match defs.feature_views.iter().find(|v| &v.name == entry) {
-                        Some(view) => features.extend(view.schema.iter().map(|f| FeatureRef {
-                            view: view.name.clone(),
+                    None => match defs
+                        .feature_views
+                        .iter()
+                        .map(|v| (&v.name, &v.schema))
+                        .chain(
+                            defs.on_demand_feature_views
+                                .iter()
+                                .map(|v| (&v.name, &v.schema)),
+                        )
+                        .find(|(name, _)| *name == entry)
+                    {
+                        Some((name, schema)) => features.extend(schema.iter().map(|f| FeatureRef {
+                            view: name.clone(),
                             feature: f.name.clone(),
                         })),
                         // Left for `check` to report as an unknown view.
@@ -589,6 +720,11 @@ impl Definitions {
                 self.feature_views
                     .iter()
                     .map(|v| (v.kind.noun(), v.name.as_str(), v.file.as_str())),
+            )
+            .chain(
+                self.on_demand_feature_views
+                    .iter()
+                    .map(|v| ("on-demand feature view", v.name.as_str(), v.file.as_str())),
             )
             .chain(
                 self.feature_services
@@ -705,10 +841,98 @@ impl Definitions {
                 }
             }
         }
+        for v in &self.on_demand_feature_views {
+            let object = format!("on-demand feature view `{}`", v.name);
+            if !v.plugin.name.is_empty() && !crate::config::is_identifier(&v.plugin.name) {
+                err(
+                    &v.file,
+                    object.clone(),
+                    format!("plugin name `{}` is not a valid name", v.plugin.name),
+                );
+            }
+            if let Some(sha) = &v.plugin.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                err(
+                    &v.file,
+                    object.clone(),
+                    format!("plugin sha256 `{sha}` is not 64 hexadecimal digits"),
+                );
+            }
+            let mut entities = BTreeSet::new();
+            for source in &v.sources {
+                match self.feature_views.iter().find(|x| &x.name == source) {
+                    None => err(
+                        &v.file,
+                        object.clone(),
+                        format!(
+                            "source `{source}` is not a feature view (known: {})",
+                            list(
+                                self.feature_views
+                                    .iter()
+                                    .filter(|x| x.kind == ViewKind::Features)
+                                    .map(|x| &x.name)
+                            )
+                        ),
+                    ),
+                    Some(x) if x.kind == ViewKind::Labels => err(
+                        &v.file,
+                        object.clone(),
+                        format!("source `{source}` is a label view; derived features cannot read labels"),
+                    ),
+                    Some(x) => {
+                        entities.extend(x.entities.iter().cloned());
+                    }
+                }
+            }
+            if entities.len() > 1 {
+                err(
+                    &v.file,
+                    object.clone(),
+                    format!(
+                        "sources have different entities ({}); a derived view reads one entity",
+                        entities.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+            let mut fields = BTreeSet::new();
+            for f in &v.schema {
+                if !crate::config::is_identifier(&f.name) {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!("field `{}` is not a valid column name", f.name),
+                    );
+                }
+                if !fields.insert(f.name.as_str()) {
+                    err(
+                        &v.file,
+                        object.clone(),
+                        format!("field `{}` is declared twice", f.name),
+                    );
+                }
+            }
+        }
         for s in &self.feature_services {
             let object = format!("feature service `{}`", s.name);
             let mut seen = BTreeSet::new();
             for r in &s.features {
+                if let Some(v) = self.on_demand_feature_views.iter().find(|v| v.name == r.view) {
+                    if v.field(&r.feature).is_none() {
+                        err(
+                            &s.file,
+                            object.clone(),
+                            format!(
+                                "references unknown feature `{r}` (`{}` has: {})",
+                                v.name,
+                                list(v.schema.iter().map(|f| &f.name))
+                            ),
+                        );
+                    } else if !seen.insert(r) {
+                        err(&s.file, object.clone(), format!("lists `{r}` twice"));
+                    }
+                    continue;
+                }
                 match self.feature_views.iter().find(|v| v.name == r.view) {
                     None => err(
                         &s.file,
@@ -716,7 +940,12 @@ impl Definitions {
                         format!(
                             "references unknown feature view `{}` (known: {})",
                             r.view,
-                            list(self.feature_views.iter().map(|v| &v.name))
+                            list(
+                                self.feature_views
+                                    .iter()
+                                    .map(|v| &v.name)
+                                    .chain(self.on_demand_feature_views.iter().map(|v| &v.name))
+                            )
                         ),
                     ),
                     Some(v) if v.kind == ViewKind::Labels => err(
@@ -756,6 +985,98 @@ impl Definitions {
 
     pub fn feature_view(&self, name: &str) -> Option<&FeatureView> {
         self.feature_views.iter().find(|v| v.name == name)
+    }
+
+    pub fn on_demand_view(&self, name: &str) -> Option<&OnDemandFeatureView> {
+        self.on_demand_feature_views.iter().find(|v| v.name == name)
+    }
+
+    /// The entity a view's features are keyed by: its own, or (for an on-demand view)
+    /// its sources'.
+    pub fn entity_of_view(&self, name: &str) -> Option<&Entity> {
+        let view = match self.feature_view(name) {
+            Some(v) => v,
+            None => self.feature_view(self.on_demand_view(name)?.sources.first()?)?,
+        };
+        self.entity(view.entities.first()?)
+    }
+
+    /// For each input of `info`, the (source view, field) that feeds it; or every
+    /// mismatch between the plugin's declaration and the view, so `apply` can refuse
+    /// with all of them at once.
+    pub fn check_plugin(
+        &self,
+        view: &OnDemandFeatureView,
+        info: &PluginInfo,
+    ) -> Result<Vec<(String, Field)>, Vec<String>> {
+        let mut problems = Vec::new();
+        if info.name != view.plugin.name {
+            problems.push(format!(
+                "the plugin calls itself `{}`, not `{}`",
+                info.name, view.plugin.name
+            ));
+        }
+        if let Some(version) = &view.plugin.version
+            && *version != info.version
+        {
+            problems.push(format!(
+                "pins version {version}, but the plugin is version {}",
+                info.version
+            ));
+        }
+        let mut inputs = Vec::new();
+        for input in &info.inputs {
+            let found: Vec<(&FeatureView, &Field)> = view
+                .sources
+                .iter()
+                .filter_map(|s| self.feature_view(s))
+                .filter_map(|v| v.field(&input.name).map(|f| (v, f)))
+                .collect();
+            match found.as_slice() {
+                [] => problems.push(format!(
+                    "plugin input `{}` ({}) is in none of the sources ({})",
+                    input.name,
+                    input.dtype,
+                    view.sources.join(", ")
+                )),
+                [(v, f)] if f.dtype != input.dtype => problems.push(format!(
+                    "plugin input `{}` is {}, but `{}:{}` is {}",
+                    input.name, input.dtype, v.name, f.name, f.dtype
+                )),
+                [(v, f)] => inputs.push((v.name.clone(), (*f).clone())),
+                many => problems.push(format!(
+                    "plugin input `{}` is in several sources ({}); keep one",
+                    input.name,
+                    many.iter()
+                        .map(|(v, _)| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        for field in &view.schema {
+            match info.outputs.iter().find(|o| o.name == field.name) {
+                None => problems.push(format!(
+                    "schema field `{}` is not a plugin output (it has: {})",
+                    field.name,
+                    info.outputs
+                        .iter()
+                        .map(|o| format!("{} {}", o.name, o.dtype))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Some(o) if o.dtype != field.dtype => problems.push(format!(
+                    "schema field `{}` is declared {}, but the plugin outputs {}",
+                    field.name, field.dtype, o.dtype
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(inputs)
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn feature_service(&self, name: &str) -> Option<&FeatureService> {
@@ -831,47 +1152,52 @@ impl Definitions {
         }
         let mut out: Vec<SelectedFeature> = Vec::with_capacity(refs.len());
         for r in refs {
-            let view = self
-                .feature_views
-                .iter()
-                .find(|v| v.name == r.view)
-                .ok_or_else(|| ResolveError::UnknownView {
-                    view: r.view.clone(),
-                    known: list(
-                        self.feature_views
-                            .iter()
-                            .filter(|v| v.kind == ViewKind::Features)
-                            .map(|v| &v.name),
-                    ),
-                })?;
-            if view.kind == ViewKind::Labels {
-                return Err(ResolveError::LabelAsFeature(r.to_string()));
-            }
-            let field = view
-                .field(&r.feature)
-                .ok_or_else(|| ResolveError::UnknownFeature {
-                    view: view.name.clone(),
+            let (view_name, schema) = match self.feature_views.iter().find(|v| v.name == r.view) {
+                Some(view) if view.kind == ViewKind::Labels => {
+                    return Err(ResolveError::LabelAsFeature(r.to_string()));
+                }
+                Some(view) => (&view.name, &view.schema),
+                None => match self.on_demand_view(&r.view) {
+                    Some(view) => (&view.name, &view.schema),
+                    None => {
+                        return Err(ResolveError::UnknownView {
+                            view: r.view.clone(),
+                            known: list(
+                                self.feature_views
+                                    .iter()
+                                    .filter(|v| v.kind == ViewKind::Features)
+                                    .map(|v| &v.name)
+                                    .chain(self.on_demand_feature_views.iter().map(|v| &v.name)),
+                            ),
+                        });
+                    }
+                },
+            };
+            let field = schema.iter().find(|f| f.name == r.feature).ok_or_else(|| {
+                ResolveError::UnknownFeature {
+                    view: view_name.clone(),
                     feature: r.feature.clone(),
-                    known: list(view.schema.iter().map(|f| &f.name)),
-                })?;
+                    known: list(schema.iter().map(|f| &f.name)),
+                }
+            })?;
             let output_name = if full_names {
-                format!("{}__{}", view.name, field.name)
+                format!("{}__{}", view_name, field.name)
             } else {
                 field.name.clone()
             };
             if let Some(other) = out.iter().find(|s| s.output_name == output_name) {
-                return Err(if other.view == view.name {
+                return Err(if &other.view == view_name {
                     ResolveError::Duplicate(r.to_string())
                 } else {
                     ResolveError::Ambiguous {
                         name: output_name,
                         first: other.view.clone(),
-                        second: view.name.clone(),
+                        second: view_name.clone(),
                     }
                 });
             }
             out.push(SelectedFeature {
-                view: view.name.clone(),
+                view: view_name.clone(),
                 field: field.clone(),
                 output_name,
             });
@@ -950,6 +1276,28 @@ impl Definitions {
             },
         })
     }
+}
+
+/// A view's fields with their dtypes parsed; each problem goes to `err`.
+fn parse_schema(fields: Vec<FieldYaml>, mut err: impl FnMut(String)) -> Vec<Field> {
+    if fields.is_empty() {
+        err("has an empty schema".into());
+    }
+    let mut schema = Vec::with_capacity(fields.len());
+    for f in fields {
+        match ValueType::parse(&f.dtype) {
+            Some(dtype) => schema.push(Field {
+                name: f.name,
+                dtype,
+                description: f.description,
+            }),
+            None => err(format!(
+                "field `{}`: unknown dtype `{}` (expected one of {VALUE_TYPES})",
+                f.name, f.dtype
+            )),
+        }
+    }
+    schema
 }
 
 /// `ttl` as Feast writes it: a duration string (`90d`, `36h`, `1w 2d`), a number of

@@ -14,6 +14,7 @@ use skewless::definitions::DefinitionErrors;
 use skewless::generate::{GenerateOptions, generate};
 use skewless::ingest::{IngestError, ingest_month};
 use skewless::offline::check_sources;
+use skewless::plugins::PluginStore;
 use skewless::registry::{Plan, Registry};
 use skewless::repo::{FeatureRepo, RepoError};
 
@@ -230,6 +231,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every plugin problem found by `plan`/`apply`, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PluginProblems(String);
+
 /// Maps an error to its exit code by what caused it.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
@@ -246,8 +252,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return match h {
                 H::Resolve(_) | H::Entities(_) => exit::INVALID_INPUT,
                 H::Database(_) | H::Query(_) | H::Unavailable(_) => exit::DATABASE,
-                H::Decode(_) => exit::FAILURE,
+                H::Decode(_) | H::Plan(_) | H::Transform(_) => exit::FAILURE,
             };
+        }
+        if cause.is::<PluginProblems>() {
+            return exit::INVALID_DEFINITIONS;
         }
         if cause.is::<skewless::definitions::ResolveError>()
             || cause.is::<skewless::online::read::OnlineReadError>()
@@ -421,10 +430,33 @@ async fn plan_or_apply(repo: &Path, apply: bool) -> Result<()> {
         .await
         .context("cannot connect to the online store")?;
     let registry = Registry::new(online, &repo.config);
+    // Derived views: load each plugin from the plugins folder, type-check it against
+    // its view, and record its hash (stored with the bytes in the registry on apply).
+    let mut defs = repo.definitions.clone();
+    let mut stored = Vec::new();
+    if !defs.on_demand_feature_views.is_empty() {
+        let store = PluginStore::new(&repo.config.plugins, &repo.dir)?;
+        match store.resolve_files(&mut defs).await {
+            Ok((_, plugins)) => stored = plugins,
+            Err(errors) => {
+                let n = errors.len();
+                let mut message = format!(
+                    "{n} problem{} with the transformation plugins:",
+                    if n == 1 { "" } else { "s" }
+                );
+                for e in errors {
+                    message.push_str(&format!("\n  - {e}"));
+                }
+                return Err(PluginProblems(message).into());
+            }
+        }
+    }
     let plan: Plan = if apply {
-        registry.apply(&repo.config, &repo.definitions).await?
+        registry
+            .apply_with_plugins(&repo.config, &defs, &stored)
+            .await?
     } else {
-        registry.plan(&repo.config, &repo.definitions).await?
+        registry.plan(&repo.config, &defs).await?
     };
     if apply {
         println!("Applying changes for project {}", repo.config.project);
@@ -582,13 +614,17 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
         .online_pool()
         .await
         .context("cannot connect to the online store (registry)")?;
-    let defs = Registry::new(online, config).load().await?;
+    let registry = Registry::new(online, config);
+    let defs = registry.load().await?;
     if defs.feature_views.is_empty() {
         anyhow::bail!(
             "nothing is registered for project {}: run `skewless apply` first",
             config.project
         );
     }
+    let plugins = PluginStore::new(&config.plugins, &repo.dir)?
+        .load_applied(&registry, &defs)
+        .await?;
     let full = args.full_feature_names;
     let features = match &args.feature_service {
         Some(name) => defs.select_service(name, full)?,
@@ -623,6 +659,7 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
         entities,
         features,
         label,
+        plugins,
     };
     let options = HistoricalOptions::from_config(config);
     if args.explain {
@@ -735,7 +772,11 @@ async fn online(
         .online_pool()
         .await
         .context("cannot connect to the online store")?;
-    let defs = Registry::new(pool.clone(), &config).load().await?;
+    let registry = Registry::new(pool.clone(), &config);
+    let defs = registry.load().await?;
+    let plugins = PluginStore::new(&config.plugins, repo)?
+        .load_applied(&registry, &defs)
+        .await?;
     let selected = match (features.is_empty(), feature_service) {
         (false, _) => defs.select_feature_strings(features, false)?,
         (true, Some(name)) => defs.select_service(name, false)?,
@@ -744,7 +785,7 @@ async fn online(
             None => anyhow::bail!("give --features or --feature-service"),
         },
     };
-    let query = OnlineQuery::new(&config, &defs, selected)?;
+    let query = OnlineQuery::new(&config, &defs, &plugins, selected)?;
     let result = query.read(&pool, &[id.to_string()]).await?;
     let width = result
         .values

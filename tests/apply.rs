@@ -114,10 +114,11 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
     let (db, repo) = setup().await;
     skewless(repo.path(), &db).arg("apply").assert().success();
 
+    // (A field no plugin reads: changing one a plugin reads fails the type check.)
     repo.edit(
         "feature_views.yaml",
-        "{name: monthly_fee, dtype: Float32}",
-        "{name: monthly_fee, dtype: Float64}",
+        "{name: avg_session_mins_7d, dtype: Float32}",
+        "{name: avg_session_mins_7d, dtype: Float64}",
     );
     // Remove support_agg_90d_fv from the views and from the serving service.
     let views = repo.read("feature_views.yaml");
@@ -127,16 +128,20 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
         "feature_views.yaml",
         &format!("{}{}", &views[..start], &views[end..]),
     );
-    repo.edit("feature_services.yaml", "      - support_agg_90d_fv\n", "");
+    let services = repo.read("feature_services.yaml");
+    repo.write(
+        "feature_services.yaml",
+        &services.replace("      - support_agg_90d_fv\n", ""),
+    );
 
     let plan = skewless(repo.path(), &db).arg("plan").assert().success();
     let out = stdout(&plan);
     assert!(
-        out.contains("~ feature view subs_profile_fv (changed)"),
+        out.contains("~ feature view usage_agg_30d_fv (changed)"),
         "{out}"
     );
     assert!(
-        out.contains("~ schema.monthly_fee.dtype: \"Float32\" -> \"Float64\""),
+        out.contains("~ schema.avg_session_mins_7d.dtype: \"Float32\" -> \"Float64\""),
         "{out}"
     );
     assert!(
@@ -148,7 +153,7 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
         "{out}"
     );
     assert!(
-        out.contains("Rebuilding infrastructure for subs_profile_fv"),
+        out.contains("Rebuilding infrastructure for usage_agg_30d_fv"),
         "{out}"
     );
     assert!(
@@ -159,7 +164,7 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
     let apply = skewless(repo.path(), &db).arg("apply").assert().success();
     let out = stdout(&apply);
     assert!(
-        out.contains("Updated feature view subs_profile_fv"),
+        out.contains("Updated feature view usage_agg_30d_fv"),
         "{out}"
     );
     assert!(
@@ -169,7 +174,7 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
 
     let pool = db.pool().await;
     assert_eq!(
-        column_type(&pool, "streamflow_subs_profile_fv", "monthly_fee")
+        column_type(&pool, "streamflow_usage_agg_30d_fv", "avg_session_mins_7d")
             .await
             .as_deref(),
         Some("double precision")
@@ -185,7 +190,7 @@ async fn dtype_change_and_removed_view_show_in_plan_and_apply() {
         "the removed view's table is dropped"
     );
     let version: i32 = sqlx::query_scalar(
-        "SELECT version FROM skewless_registry.objects WHERE kind = 'feature_view' AND name = 'subs_profile_fv'",
+        "SELECT version FROM skewless_registry.objects WHERE kind = 'feature_view' AND name = 'usage_agg_30d_fv'",
     )
     .fetch_one(&pool)
     .await

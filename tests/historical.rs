@@ -246,10 +246,12 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
                 },
                 features: features.clone(),
                 label: None,
+                plugins: Default::default(),
             },
             &HistoricalOptions {
                 entity_sql_timeout_ms: 10_000,
                 work_mem: "64MB".into(),
+                plugin_budget: std::time::Duration::from_secs(30),
             },
         )
         .await
@@ -594,7 +596,7 @@ async fn dropping_the_consumer_cancels_the_query_and_frees_the_connection() {
     .load()
     .await
     .unwrap();
-    let features = defs.select_service("churn_serving_v1", false).unwrap();
+    let features = defs.select_service("churn_base_v1", false).unwrap();
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await
@@ -608,10 +610,12 @@ async fn dropping_the_consumer_cancels_the_query_and_frees_the_connection() {
             entities: Entities::Sql(sql.into()),
             features,
             label: None,
+            plugins: Default::default(),
         },
         &HistoricalOptions {
             entity_sql_timeout_ms: 30_000,
             work_mem: "64MB".into(),
+            plugin_budget: std::time::Duration::from_secs(30),
         },
     )
     .await

@@ -23,8 +23,9 @@ use sqlx::{PgPool, Row};
 
 const FEB: &str = "2024-02-29";
 
-/// `churn_serving_v1`, in service order: (view, feature).
-const SERVING_V1: [(&str, &str); 14] = [
+/// `churn_serving_v1`, in service order: (view, feature). The last five are derived
+/// (on-demand views running the example plugins).
+const SERVING_V1: [(&str, &str); 19] = [
     ("subs_profile_fv", "months_active"),
     ("subs_profile_fv", "monthly_fee"),
     ("subs_profile_fv", "paperless_billing"),
@@ -39,6 +40,11 @@ const SERVING_V1: [(&str, &str); 14] = [
     ("payments_agg_90d_fv", "failed_payments_90d"),
     ("support_agg_90d_fv", "support_tickets_90d"),
     ("support_agg_90d_fv", "ticket_avg_resolution_hrs_90d"),
+    ("churn_signals_fv", "fee_per_watch_hour"),
+    ("churn_signals_fv", "is_long_tenure"),
+    ("churn_signals_fv", "engagement_score"),
+    ("churn_signals_fv", "has_payment_issue"),
+    ("tenure_bucket_fv", "tenure_bucket"),
 ];
 
 /// `churn_training_v1`, in service order.
@@ -346,8 +352,8 @@ async fn features_by_id_in_the_lab_shape() {
         .user("s.net_service = 'No' AND s.plan_stream_tv IS NULL")
         .await;
 
-    // The default feature service: churn_serving_v1, 14 features in service order, each
-    // equal to the February snapshot.
+    // The default feature service: churn_serving_v1, 19 features in service order, the
+    // 14 stored ones equal to the February snapshot.
     let mut f64_would_differ = 0;
     for user in [&complete, &no_internet] {
         let (raw, body) = lab(&server, &format!("/features/{user}")).await;
@@ -447,7 +453,7 @@ async fn features_by_id_in_the_lab_shape() {
     // An unknown user: 200, every feature null and NOT_FOUND.
     let (_, body) = lab(&server, "/features/0000-NOBODY").await;
     assert_eq!(body.user_id, "0000-NOBODY");
-    assert_eq!(body.features.0.len(), 14);
+    assert_eq!(body.features.0.len(), 19);
     assert!(body.features.0.iter().all(|(_, v)| v.is_null()));
     assert!(body.statuses.0.iter().all(|(_, s)| s == "NOT_FOUND"));
 }
@@ -1405,7 +1411,7 @@ async fn graceful_shutdown_finishes_in_flight_responses() {
     let text = String::from_utf8(body).unwrap();
     assert!(text.ends_with('\n'));
     assert_eq!(text.lines().count(), rows + 1, "every row, then the end");
-    assert_eq!(text.lines().last().unwrap().split(',').count(), 16);
+    assert_eq!(text.lines().last().unwrap().split(',').count(), 21);
     server.join(Duration::from_secs(10)).await.unwrap();
     assert!(
         tokio::net::TcpStream::connect(server.addr).await.is_err(),

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::time::parse_timestamp;
 use futures::StreamExt;
+use tracing::Instrument;
 use sqlx::{Column as _, Connection, Executor, PgPool, Postgres, Statement, Transaction, TypeInfo};
 use tokio::sync::mpsc;
 
@@ -28,6 +29,7 @@ use crate::definitions::{Definitions, ResolveError, SelectedFeature, ValueType};
 use crate::offline::copy::BinaryCopyDecoder;
 use crate::offline::database_message;
 use crate::pgtypes::{self, column_type, ident};
+use crate::transform::{FeaturePlan, PlanError, PluginSet, TransformError};
 
 /// Rows per batch handed downstream (and to plugins).
 pub const BATCH_ROWS: usize = 8192;
@@ -56,8 +58,11 @@ pub enum Entities {
 /// A training-set request, resolved against the definitions.
 pub struct HistoricalRequest {
     pub entities: Entities,
+    /// Stored and derived features, in output order.
     pub features: Vec<SelectedFeature>,
     pub label: Option<SelectedFeature>,
+    /// The loaded plugins derived features resolve to (empty if none are requested).
+    pub plugins: PluginSet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,12 @@ pub enum HistoricalError {
     Query(String),
     #[error("internal error decoding rows: {0}")]
     Decode(String),
+    /// A derived view cannot run (its plugin is missing or does not match).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A plugin failed on a batch: the training set is incomplete and must be discarded.
+    #[error("derived features failed: {0}")]
+    Transform(#[from] TransformError),
 }
 
 impl From<sqlx::Error> for HistoricalError {
@@ -103,6 +114,8 @@ pub struct HistoricalOptions {
     pub entity_sql_timeout_ms: u64,
     /// `work_mem` for the join (sorts of the candidate rows).
     pub work_mem: String,
+    /// Time one plugin call may take on one batch.
+    pub plugin_budget: std::time::Duration,
 }
 
 impl HistoricalOptions {
@@ -110,6 +123,7 @@ impl HistoricalOptions {
         Self {
             entity_sql_timeout_ms: config.server.entity_sql_timeout_ms,
             work_mem: "256MB".into(),
+            plugin_budget: std::time::Duration::from_millis(config.plugins.offline_timeout_ms),
         }
     }
 }
@@ -129,10 +143,11 @@ pub async fn start(
         pid,
         sql,
         schema,
+        stream_schema,
         rows,
+        plan,
     } = prepare(pool, defs, request, options).await?;
     let (sender, receiver) = mpsc::channel(4);
-    let stream_schema = schema.clone();
     let pool = pool.clone();
     tokio::spawn(async move {
         let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
@@ -153,11 +168,56 @@ pub async fn start(
             }
         }
     });
+    let batches = if plan.is_identity() {
+        receiver
+    } else {
+        derive_stage(plan, receiver, options.plugin_budget)
+    };
     Ok(TrainingSet {
         schema,
         rows,
-        batches: receiver,
+        batches,
     })
+}
+
+/// Runs the plan's plugins over each batch as it comes, in a task of its own so that
+/// decoding the next batch overlaps with transforming this one. The base columns sit
+/// between the entity columns (key, event_timestamp) and the label, if any.
+fn derive_stage(
+    plan: FeaturePlan,
+    mut base: mpsc::Receiver<Result<Batch, HistoricalError>>,
+    budget: std::time::Duration,
+) -> mpsc::Receiver<Result<Batch, HistoricalError>> {
+    let (sender, receiver) = mpsc::channel(2);
+    tokio::spawn(
+        async move {
+            let n = plan.base().len();
+            while let Some(batch) = base.recv().await {
+                let out = match batch {
+                    Ok(mut batch) => {
+                        let tail = batch.columns.split_off(2 + n);
+                        let features = batch.columns.split_off(2);
+                        match plan.derive(features, batch.rows, budget).await {
+                            Ok(derived) => {
+                                batch.columns.extend(derived);
+                                batch.columns.extend(tail);
+                                Ok(batch)
+                            }
+                            Err(e) => Err(HistoricalError::Transform(e)),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = out.is_err();
+                // A failed batch ends the training set; dropping `base` cancels the query.
+                if sender.send(out).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+        .instrument(tracing::info_span!("derive")),
+    );
+    receiver
 }
 
 /// A transaction holding the loaded entity rows, and the query to run over them.
@@ -165,8 +225,12 @@ struct Prepared {
     tx: Transaction<'static, Postgres>,
     pid: i32,
     sql: String,
+    /// The training set's columns.
     schema: Vec<ColumnSpec>,
+    /// The query's columns: the entity columns, the plan's base features, the label.
+    stream_schema: Vec<ColumnSpec>,
     rows: u64,
+    plan: FeaturePlan,
 }
 
 /// Validates the request, opens the transaction, and loads the entity rows.
@@ -177,7 +241,8 @@ async fn prepare(
     options: &HistoricalOptions,
 ) -> Result<Prepared, HistoricalError> {
     let started = Instant::now();
-    let mut views: Vec<&SelectedFeature> = request.features.iter().collect();
+    let plan = FeaturePlan::new(defs, &request.plugins, request.features)?;
+    let mut views: Vec<&SelectedFeature> = plan.base().iter().collect();
     views.extend(request.label.iter());
     let entity = entity_of(defs, &views)?;
     let key_type = column_type(entity.value_type);
@@ -193,7 +258,14 @@ async fn prepare(
             dtype: ValueType::UnixTimestamp,
         },
     ];
-    for f in views.iter() {
+    let mut stream_schema = schema.clone();
+    for f in &views {
+        stream_schema.push(ColumnSpec {
+            name: f.output_name.clone(),
+            dtype: f.field.dtype,
+        });
+    }
+    for f in plan.requested().iter().chain(request.label.iter()) {
         if f.output_name == key || f.output_name == EVENT_TIMESTAMP {
             return Err(HistoricalError::Entities(format!(
                 "feature `{}` would shadow the entity column `{}`; ask for full feature names",
@@ -239,7 +311,9 @@ async fn prepare(
         pid,
         sql,
         schema,
+        stream_schema,
         rows,
+        plan,
     })
 }
 

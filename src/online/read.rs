@@ -12,7 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{PgPool, Row, ValueRef};
 
-use crate::batch::{Batch, BatchBuilder, ColumnSpec};
+use std::time::Duration;
+
+use crate::batch::{Batch, BatchBuilder, Column, ColumnSpec, Values};
+use crate::transform::{FeaturePlan, PlanError, PluginSet, TransformError};
 use crate::config::Config;
 use crate::definitions::{Definitions, SelectedFeature, ValueType};
 use crate::online::layout::{EVENT_TS, TableLayout};
@@ -48,6 +51,10 @@ pub enum OnlineReadError {
     Database(#[from] sqlx::Error),
     #[error("internal error decoding online values: {0}")]
     Decode(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
 }
 
 /// One view's part of a request.
@@ -68,9 +75,14 @@ pub struct OnlineQuery {
     /// For each feature: its view slot.
     feature_view: Vec<usize>,
     views: Vec<ViewSlot>,
+    /// The requested features (stored and derived), in order.
     pub features: Vec<SelectedFeature>,
     /// The entity's join key, e.g. `user_id`.
     key_name: String,
+    /// Stored features to fetch and plugins to run: the same plan training sets use.
+    plan: FeaturePlan,
+    /// Budget of the plugin calls of one request.
+    plugin_budget: Duration,
 }
 
 impl OnlineQuery {
@@ -78,8 +90,11 @@ impl OnlineQuery {
     pub fn new(
         config: &Config,
         defs: &Definitions,
-        features: Vec<SelectedFeature>,
+        plugins: &PluginSet,
+        requested: Vec<SelectedFeature>,
     ) -> Result<Self, OnlineReadError> {
+        let plan = FeaturePlan::new(defs, plugins, requested)?;
+        let features = plan.base().to_vec();
         let mut view_names: Vec<&str> = Vec::new();
         for f in &features {
             if !view_names.contains(&f.view.as_str()) {
@@ -146,8 +161,10 @@ impl OnlineQuery {
             columns,
             feature_view,
             views,
-            features,
+            features: plan.requested().to_vec(),
             key_name,
+            plan,
+            plugin_budget: Duration::from_millis(config.plugins.online_timeout_ms),
         })
     }
 
@@ -217,22 +234,23 @@ impl OnlineQuery {
                     .map_err(|e| OnlineReadError::Decode(e.to_string()))?;
             }
         }
+        let n_base = self.plan.base().len();
         let mut all = builder.take();
-        let event_ts_columns = all.columns.split_off(self.features.len());
+        let mut event_ts_columns = all.columns.split_off(n_base);
         let now_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        let mut statuses = Vec::with_capacity(self.features.len());
+        let mut statuses = Vec::with_capacity(n_base);
         for (f, column) in all.columns.iter().enumerate() {
             let slot = &self.views[self.feature_view[f]];
-            let ts = &event_ts_columns[slot.event_ts_column - self.features.len()];
+            let ts = &event_ts_columns[slot.event_ts_column - n_base];
             let per_entity: Vec<FieldStatus> = (0..rows.len())
                 .map(|r| {
                     if ts.is_null(r) {
                         return FieldStatus::NotFound;
                     }
-                    if let (Some(ttl), crate::batch::Values::Timestamp(t)) =
+                    if let (Some(ttl), Values::Timestamp(t)) =
                         (slot.ttl_seconds, &ts.values)
                         && t[r] < now_micros.saturating_sub(ttl as i64 * 1_000_000)
                     {
@@ -247,17 +265,82 @@ impl OnlineQuery {
                 .collect();
             statuses.push(per_entity);
         }
-        let event_timestamps = (0..self.features.len())
-            .map(|f| self.views[self.feature_view[f]].event_ts_column - self.features.len())
+        let event_timestamps: Vec<usize> = (0..n_base)
+            .map(|f| self.views[self.feature_view[f]].event_ts_column - n_base)
             .collect();
+        if self.plan.is_identity() {
+            return Ok(OnlineResult {
+                values: Batch {
+                    rows: rows.len(),
+                    columns: all.columns,
+                },
+                statuses,
+                event_ts: event_ts_columns,
+                feature_event_ts: event_timestamps,
+            });
+        }
+
+        // Derived features. A plugin sees what a training set would: a value too old for
+        // its view's ttl is NULL, exactly as the point-in-time join leaves it.
+        let n = rows.len();
+        let mut base = all.columns;
+        for (column, per_entity) in base.iter_mut().zip(&statuses) {
+            for (r, status) in per_entity.iter().enumerate() {
+                if *status == FieldStatus::OutsideMaxAge {
+                    column.set_null(r);
+                }
+            }
+        }
+        let columns = self.plan.derive(base, n, self.plugin_budget).await?;
+        let mut out_statuses = Vec::with_capacity(columns.len());
+        let mut out_event_ts = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            match self.plan.derived_inputs(i) {
+                None => {
+                    let b = self.plan.base_index(i).expect("stored feature");
+                    out_statuses.push(statuses[b].clone());
+                    out_event_ts.push(event_timestamps[b]);
+                }
+                Some(inputs) => {
+                    // Found if any input row was found; its time is the newest input's.
+                    let mut times = Vec::with_capacity(n);
+                    let mut validity = crate::batch::Validity::default();
+                    let mut per_entity = Vec::with_capacity(n);
+                    for r in 0..n {
+                        let newest = inputs
+                            .iter()
+                            .filter_map(|&b| {
+                                let c = &event_ts_columns[event_timestamps[b]];
+                                match &c.values {
+                                    Values::Timestamp(t) if !c.is_null(r) => Some(t[r]),
+                                    _ => None,
+                                }
+                            })
+                            .max();
+                        per_entity.push(match newest {
+                            None => FieldStatus::NotFound,
+                            Some(_) if column.is_null(r) => FieldStatus::NullValue,
+                            Some(_) => FieldStatus::Present,
+                        });
+                        times.push(newest.unwrap_or(0));
+                        validity.push(newest.is_some());
+                    }
+                    event_ts_columns.push(Column {
+                        name: EVENT_TS.into(),
+                        dtype: ValueType::UnixTimestamp,
+                        values: Values::Timestamp(times),
+                        validity: Some(validity),
+                    });
+                    out_statuses.push(per_entity);
+                    out_event_ts.push(event_ts_columns.len() - 1);
+                }
+            }
+        }
         Ok(OnlineResult {
-            values: Batch {
-                rows: rows.len(),
-                columns: all.columns,
-            },
-            statuses,
+            values: Batch { rows: n, columns },
+            statuses: out_statuses,
             event_ts: event_ts_columns,
-            feature_event_ts: event_timestamps,
+            feature_event_ts: out_event_ts,
         })
     }
 }
@@ -270,8 +353,8 @@ pub struct OnlineResult {
     pub values: Batch,
     /// `statuses[feature][entity]`.
     pub statuses: Vec<Vec<FieldStatus>>,
-    /// One event_ts column per view.
-    event_ts: Vec<crate::batch::Column>,
+    /// One event_ts column per view (and per derived view).
+    event_ts: Vec<Column>,
     /// For each feature: its view's index in `event_ts`.
     feature_event_ts: Vec<usize>,
 }
@@ -286,7 +369,7 @@ impl OnlineResult {
     pub fn event_ts(&self, feature: usize, entity: usize) -> Option<i64> {
         let column = &self.event_ts[self.feature_event_ts[feature]];
         match &column.values {
-            crate::batch::Values::Timestamp(t) if !column.is_null(entity) => Some(t[entity]),
+            Values::Timestamp(t) if !column.is_null(entity) => Some(t[entity]),
             _ => None,
         }
     }

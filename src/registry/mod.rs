@@ -45,6 +45,16 @@ pub enum RegistryError {
     },
     #[error("online store change failed ({statement}): {message}")]
     Infrastructure { statement: String, message: String },
+    #[error("on-demand feature view `{view}` uses plugin {sha256}, which the registry does not hold; apply it with the plugin built")]
+    MissingPlugin { view: String, sha256: String },
+}
+
+/// A plugin's bytes and what it declared, as the registry stores them.
+#[derive(Debug, Clone)]
+pub struct StoredPlugin {
+    pub sha256: String,
+    pub info: crate::definitions::PluginInfo,
+    pub bytes: Vec<u8>,
 }
 
 /// Kinds of registry objects, in the order they are printed and applied.
@@ -53,6 +63,7 @@ pub enum ObjectKind {
     Entity,
     DataSource,
     FeatureView,
+    OnDemandFeatureView,
     FeatureService,
 }
 
@@ -62,6 +73,7 @@ impl ObjectKind {
             Self::Entity => "entity",
             Self::DataSource => "data_source",
             Self::FeatureView => "feature_view",
+            Self::OnDemandFeatureView => "on_demand_feature_view",
             Self::FeatureService => "feature_service",
         }
     }
@@ -71,6 +83,7 @@ impl ObjectKind {
             "entity" => Self::Entity,
             "data_source" => Self::DataSource,
             "feature_view" => Self::FeatureView,
+            "on_demand_feature_view" => Self::OnDemandFeatureView,
             "feature_service" => Self::FeatureService,
             _ => return None,
         })
@@ -109,6 +122,12 @@ pub fn objects(defs: &Definitions) -> Vec<StoredObject> {
         kind: ObjectKind::FeatureView,
         name: v.name.clone(),
         noun: v.kind.noun(),
+        spec: spec(v),
+    }));
+    out.extend(defs.on_demand_feature_views.iter().map(|v| StoredObject {
+        kind: ObjectKind::OnDemandFeatureView,
+        name: v.name.clone(),
+        noun: "on-demand feature view",
         spec: spec(v),
     }));
     out.extend(defs.feature_services.iter().map(|s| StoredObject {
@@ -274,6 +293,20 @@ impl Registry {
                     updated_at timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (project, view))"
             ),
+            // Plugin bytes by content hash: servers load what was applied from here,
+            // whatever the files on their own disk say.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.plugins (
+                    project text NOT NULL,
+                    sha256 text NOT NULL,
+                    name text NOT NULL,
+                    version text NOT NULL,
+                    info jsonb NOT NULL,
+                    size int NOT NULL,
+                    bytes bytea NOT NULL,
+                    uploaded_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (project, sha256))"
+            ),
         ];
         for sql in statements {
             sqlx::query(&sql).execute(&mut **tx).await?;
@@ -343,6 +376,7 @@ impl Registry {
                 ObjectKind::Entity => "entity",
                 ObjectKind::DataSource => "data source",
                 ObjectKind::FeatureService => "feature service",
+                ObjectKind::OnDemandFeatureView => "on-demand feature view",
                 ObjectKind::FeatureView => match spec.get("kind").and_then(Value::as_str) {
                     Some("labels") => "label view",
                     _ => "feature view",
@@ -370,6 +404,21 @@ impl Registry {
         definitions_from(stored.into_iter().map(|(o, _)| o))
     }
 
+    /// The stored bytes of plugin `sha256` (`None` if the registry does not hold it).
+    pub async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        if !self.exists().await? {
+            return Ok(None);
+        }
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT bytes FROM {} WHERE project = $1 AND sha256 = $2",
+            self.table("plugins")
+        ))
+        .bind(&self.project)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Registered objects with their versions, for `skewless registry`.
     pub async fn list(&self) -> Result<Vec<(StoredObject, i32)>, RegistryError> {
         if !self.exists().await? {
@@ -386,11 +435,55 @@ impl Registry {
 
     /// Applies `defs`: registry rows and online tables in one transaction. Returns what
     /// changed (an empty plan: nothing was written).
-    #[tracing::instrument(skip_all, fields(project = %self.project))]
     pub async fn apply(&self, config: &Config, defs: &Definitions) -> Result<Plan, RegistryError> {
+        self.apply_with_plugins(config, defs, &[]).await
+    }
+
+    /// Applies `defs` and stores `plugins` (the bytes its on-demand views resolve to) in
+    /// the same transaction. Every on-demand view must resolve to a stored plugin.
+    #[tracing::instrument(skip_all, fields(project = %self.project))]
+    pub async fn apply_with_plugins(
+        &self,
+        config: &Config,
+        defs: &Definitions,
+        plugins: &[StoredPlugin],
+    ) -> Result<Plan, RegistryError> {
         let mut tx = self.pool.begin().await?;
         self.lock(&mut tx).await?;
         self.ensure_layout(&mut tx).await?;
+        for p in plugins {
+            sqlx::query(&format!(
+                "INSERT INTO {} (project, sha256, name, version, info, size, bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project, sha256) DO NOTHING",
+                self.table("plugins")
+            ))
+            .bind(&self.project)
+            .bind(&p.sha256)
+            .bind(&p.info.name)
+            .bind(&p.info.version)
+            .bind(serde_json::to_value(&p.info).expect("plugin info serializes"))
+            .bind(i32::try_from(p.bytes.len()).unwrap_or(i32::MAX))
+            .bind(&p.bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for v in &defs.on_demand_feature_views {
+            let sha256 = v.plugin.resolved_sha256.clone().unwrap_or_default();
+            let held: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE project = $1 AND sha256 = $2)",
+                self.table("plugins")
+            ))
+            .bind(&self.project)
+            .bind(&sha256)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !held {
+                return Err(RegistryError::MissingPlugin {
+                    view: v.name.clone(),
+                    sha256,
+                });
+            }
+        }
         let stored = self.stored_objects(&mut *tx).await?;
         let versions: BTreeMap<(ObjectKind, String), i32> = stored
             .iter()
@@ -637,6 +730,9 @@ fn definitions_from(
                 .push(serde_json::from_value(spec).map_err(corrupt)?),
             ObjectKind::FeatureView => defs
                 .feature_views
+                .push(serde_json::from_value(spec).map_err(corrupt)?),
+            ObjectKind::OnDemandFeatureView => defs
+                .on_demand_feature_views
                 .push(serde_json::from_value(spec).map_err(corrupt)?),
             ObjectKind::FeatureService => defs
                 .feature_services

@@ -173,7 +173,27 @@ impl From<OnlineReadError> for ApiError {
             OnlineReadError::BadKey { .. } => Self::bad_request("INVALID_ENTITY", e.to_string()),
             OnlineReadError::NotOnline(_) => Self::bad_request("NOT_ONLINE", e.to_string()),
             OnlineReadError::Decode(_) => Self::internal(e.to_string()),
+            OnlineReadError::Plan(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "PLUGIN_NOT_LOADED", e.to_string()),
+            OnlineReadError::Transform(e) => e.into(),
         }
+    }
+}
+
+/// A plugin that refuses its input is the data's problem (422); one that crashes,
+/// overruns or returns garbage is a server-side failure (500); a full instance pool is
+/// temporary (503).
+impl From<crate::transform::TransformError> for ApiError {
+    fn from(e: crate::transform::TransformError) -> Self {
+        use crate::transform::TransformError as T;
+        let (status, code) = match &e {
+            T::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "PLUGIN_REFUSED"),
+            T::Timeout { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_TIMEOUT"),
+            T::Memory { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_MEMORY"),
+            T::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_CRASHED"),
+            T::BadOutput { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_BAD_OUTPUT"),
+            T::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "PLUGIN_UNAVAILABLE"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }
 
@@ -192,6 +212,8 @@ impl From<HistoricalError> for ApiError {
             HistoricalError::Resolve(e) => e.into(),
             HistoricalError::Entities(m) => Self::bad_request("INVALID_ENTITIES", m),
             HistoricalError::Unavailable(m) => Self::unavailable(m),
+            HistoricalError::Transform(e) => e.into(),
+            HistoricalError::Plan(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "PLUGIN_NOT_LOADED", e.to_string()),
             other => Self::internal(other.to_string()),
         }
     }

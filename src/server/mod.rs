@@ -64,7 +64,13 @@ pub enum ServerError {
 /// Builds the state (lazy pools: the server starts even while the database is down).
 pub fn state(config: Config, options: &ServeOptions) -> SharedState {
     let (online, offline) = config.server_pools();
-    let registry = Arc::new(RegistryCache::new(Registry::new(online.clone(), &config)));
+    // Servers load plugins from the registry, never from files: the folder is unused.
+    let plugins = crate::plugins::PluginStore::new(&config.plugins, std::path::Path::new("."))
+        .expect("the WebAssembly engine starts");
+    let registry = Arc::new(RegistryCache::new(
+        Registry::new(online.clone(), &config),
+        plugins,
+    ));
     Arc::new(AppState {
         config,
         online,

@@ -16,7 +16,9 @@ use super::ApiError;
 use crate::config::Config;
 use crate::definitions::{Definitions, SelectedFeature};
 use crate::online::read::OnlineQuery;
-use crate::registry::{NOTIFY_CHANNEL, Registry, RegistryError};
+use crate::plugins::PluginStore;
+use crate::registry::{NOTIFY_CHANNEL, Registry};
+use crate::transform::PluginSet;
 
 /// Most request shapes kept prepared; past it the cache starts afresh.
 const MAX_SHAPES: usize = 1024;
@@ -24,14 +26,17 @@ const MAX_SHAPES: usize = 1024;
 /// One consistent view of the registry.
 pub struct Snapshot {
     pub defs: Definitions,
+    /// The plugins the on-demand views resolve to, loaded from the registry.
+    pub plugins: PluginSet,
     pub loaded_at: Instant,
     shapes: Mutex<HashMap<String, Arc<OnlineQuery>>>,
 }
 
 impl Snapshot {
-    pub fn new(defs: Definitions) -> Self {
+    pub fn new(defs: Definitions, plugins: PluginSet) -> Self {
         Self {
             defs,
+            plugins,
             loaded_at: Instant::now(),
             shapes: Mutex::new(HashMap::new()),
         }
@@ -50,7 +55,7 @@ impl Snapshot {
             return Ok(q.clone());
         }
         let features = resolve(&self.defs)?;
-        let query = Arc::new(OnlineQuery::new(config, &self.defs, features)?);
+        let query = Arc::new(OnlineQuery::new(config, &self.defs, &self.plugins, features)?);
         let mut shapes = self.shapes.lock().expect("not poisoned");
         if shapes.len() >= MAX_SHAPES {
             shapes.clear();
@@ -63,15 +68,20 @@ impl Snapshot {
 /// The registry snapshot shared by every request.
 pub struct RegistryCache {
     registry: Registry,
+    plugins: PluginStore,
     current: ArcSwap<Snapshot>,
     last_error: Mutex<Option<String>>,
 }
 
 impl RegistryCache {
-    pub fn new(registry: Registry) -> Self {
+    pub fn new(registry: Registry, plugins: PluginStore) -> Self {
         Self {
             registry,
-            current: ArcSwap::from_pointee(Snapshot::new(Definitions::default())),
+            plugins,
+            current: ArcSwap::from_pointee(Snapshot::new(
+                Definitions::default(),
+                PluginSet::default(),
+            )),
             last_error: Mutex::new(Some("registry not loaded yet".into())),
         }
     }
@@ -89,19 +99,32 @@ impl RegistryCache {
         self.last_error().is_none()
     }
 
-    /// Reads the registry and swaps the snapshot in. In-flight requests keep the
-    /// snapshot they started with.
-    pub async fn reload(&self) -> Result<(), RegistryError> {
-        match self.registry.load().await {
-            Ok(defs) => {
+    /// Reads the registry, loads the plugins it names (unchanged ones are cached), and
+    /// swaps the snapshot in. In-flight requests keep the snapshot they started with; a
+    /// failed reload keeps the last good one.
+    pub async fn reload(&self) -> Result<(), String> {
+        let loaded = async {
+            let defs = self.registry.load().await.map_err(|e| e.to_string())?;
+            let plugins = self
+                .plugins
+                .load_applied(&self.registry, &defs)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((defs, plugins))
+        }
+        .await;
+        match loaded {
+            Ok((defs, plugins)) => {
                 let views = defs.feature_views.len();
-                self.current.store(Arc::new(Snapshot::new(defs)));
+                let derived = defs.on_demand_feature_views.len();
+                self.current.store(Arc::new(Snapshot::new(defs, plugins)));
                 *self.last_error.lock().expect("not poisoned") = None;
-                tracing::info!(views, "registry loaded");
+                tracing::info!(views, derived, "registry loaded");
                 Ok(())
             }
             Err(e) => {
-                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                tracing::warn!(error = %e, "registry reload failed; keeping the last good state");
+                *self.last_error.lock().expect("not poisoned") = Some(e.clone());
                 Err(e)
             }
         }

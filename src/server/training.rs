@@ -90,8 +90,8 @@ pub async fn historical(
         .transpose()?;
     let key = features
         .first()
-        .and_then(|f| defs.feature_view(&f.view))
-        .map(|v| defs.view_entity(v).join_key().to_string())
+        .and_then(|f| defs.entity_of_view(&f.view))
+        .map(|e| e.join_key().to_string())
         .unwrap_or_default();
     let entities = match (request.entities, request.entity_sql) {
         (Some(columns), None) => {
@@ -124,6 +124,7 @@ pub async fn historical(
             entities,
             features,
             label,
+            plugins: snapshot.plugins.clone(),
         },
         &HistoricalOptions::from_config(&state.config),
     )

@@ -96,6 +96,17 @@ pub fn streamflow_repo_dir() -> PathBuf {
     manifest_dir().join("feature_repo")
 }
 
+/// Where scripts/test.sh builds the example plugins (`<name>.wasm`).
+pub fn plugins_dir() -> PathBuf {
+    manifest_dir().join("plugins/target/wasm32-wasip2/release")
+}
+
+/// Where scripts/test.sh builds the deliberately broken plugins of tests/hostile_plugin
+/// (`hostile_<mode>.wasm`).
+pub fn hostile_plugins_dir() -> PathBuf {
+    manifest_dir().join("tests/hostile_plugin/out")
+}
+
 /// A copy of the StreamFlow feature repo in a temp dir, so a test can edit it.
 pub struct TempRepo {
     pub dir: tempfile::TempDir,
@@ -110,6 +121,14 @@ impl TempRepo {
                 std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
             }
         }
+        // The copy lives elsewhere: point it at this checkout's built plugins.
+        let config = dir.path().join("feature_store.yaml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "plugins:\n  dir: {}\n",
+            plugins_dir().display()
+        ));
+        std::fs::write(&config, text).unwrap();
         Self { dir }
     }
 
@@ -123,6 +142,19 @@ impl TempRepo {
 
     pub fn write(&self, file: &str, text: &str) {
         std::fs::write(self.path().join(file), text).unwrap();
+    }
+
+    /// Removes the on-demand views (and their features from the services), for tests
+    /// that change the stored features the plugins read.
+    pub fn without_derived_views(&self) {
+        self.write("on_demand_feature_views.yaml", "");
+        let services = self.read("feature_services.yaml");
+        self.write(
+            "feature_services.yaml",
+            &services
+                .replace("      - churn_signals_fv\n", "")
+                .replace("      - tenure_bucket_fv\n", ""),
+        );
     }
 
     /// Replaces `from` by `to` in `file`, failing loudly if `from` is not there.
