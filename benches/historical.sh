@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training sets: 7043, 100k and 1M entity rows x all 14 features (churn_serving_v1),
+# Training sets: 7043, 100k and 1M entity rows x all 14 stored features (churn_base_v1),
 # generated data (as many users as entity rows, 2 months), entity rows = every user at
 # 2024-01-31. Reports wall time (hyperfine), peak RSS (/usr/bin/time) and PostgreSQL's
 # own time for the same SQL (EXPLAIN ANALYZE, via `skewless historical --explain`).
@@ -9,11 +9,17 @@ machine
 SQL="SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'"
 for users in ${SIZES:-7043 100000 1000000}; do
   bench_db "skewless_bench_hist_$users" "$users"
-  cmd="$B --repo $ROOT/feature_repo historical --entity-sql \"$SQL\" --feature-service churn_serving_v1 --out $WORK/train-$users.csv"
+  cmd="$B --repo $ROOT/feature_repo historical --entity-sql \"$SQL\" --feature-service churn_base_v1 --out $WORK/train-$users.csv"
   echo "== $users entity rows"
   hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$WORK/hist-$users.md" "$cmd" | grep -E "Time|Range"
   /usr/bin/time -f "peak RSS: %M KiB" bash -c "$cmd" 2>&1 >/dev/null | tail -1
-  "$B" --repo "$ROOT/feature_repo" historical --entity-sql "$SQL" --feature-service churn_serving_v1 --explain \
+  "$B" --repo "$ROOT/feature_repo" historical --entity-sql "$SQL" --feature-service churn_base_v1 --explain \
     | grep -E "Execution Time|Planning Time"
-  # With a label: the lab's shape.
+  # With the derived features too (churn_serving_v1: the 14 + 5 computed by the two
+  # plugins, same query plus the plugin inputs): the cost of the Wasm path offline.
+  if [ -z "${NO_DERIVED:-}" ]; then
+    derived="$B --repo $ROOT/feature_repo historical --entity-sql \"$SQL\" --feature-service churn_serving_v1 --out $WORK/train-derived-$users.csv"
+    echo "-- with derived features (churn_serving_v1)"
+    hyperfine --warmup 1 --runs "${RUNS:-5}" "$cmd" "$derived" | grep -E "Time|Range|faster"
+  fi
 done

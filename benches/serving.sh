@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Online serving under load (wrk on 127.0.0.1), generated data (7043 users, materialized).
-# Scenarios: 1 user x 3 features, 1 user x 14 features (GET /features/{id}), and
-# 100 users x 14 features (POST /get-online-features); concurrency 1, 8, 32, 64.
+# Scenarios: 1 user x 3 features, 1 user x 14 features (GET /features/{id}), 1 user x
+# 14 + 5 derived features (two plugins run per request), and 100 users x 14 features
+# (POST /get-online-features); concurrency 1, 8, 32, 64.
 # Also pgbench -S (select-only) on the same machine as the ceiling, and idle RSS.
 source "$(dirname "$0")/common.sh"
 build
@@ -18,10 +19,10 @@ USERS=$(psql "$DATABASE_URL" -Atc "SELECT string_agg('\"' || user_id || '\"', ',
 ONE=$(psql "$DATABASE_URL" -Atc "SELECT user_id FROM subscriptions ORDER BY user_id LIMIT 1")
 cat > "$WORK/post100.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"feature_service": "churn_serving_v1", "entities": {"user_id": [$USERS]}}'
+wrk.body = '{"feature_service": "churn_base_v1", "entities": {"user_id": [$USERS]}}'
 LUA
 run() { # name url [script]
-  for c in 1 8 32 64; do
+  for c in ${CONCURRENCY:-1 8 32 64}; do
     local t=$(( c < 2 ? 1 : 2 ))
     local out
     out=$(wrk -t"$t" -c"$c" -d"${DURATION:-10s}" --latency ${3:+-s "$3"} "$2")
@@ -37,7 +38,8 @@ run() { # name url [script]
 echo "| scenario | c | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|---|"
 run "1 user x 3 features" "http://127.0.0.1:$PORT/features/$ONE?features=subs_profile_fv:months_active,subs_profile_fv:monthly_fee,subs_profile_fv:paperless_billing"
-run "1 user x 14 features" "http://127.0.0.1:$PORT/features/$ONE"
+run "1 user x 14 features" "http://127.0.0.1:$PORT/features/$ONE?feature_service=churn_base_v1"
+run "1 user x 14 + 5 derived" "http://127.0.0.1:$PORT/features/$ONE?feature_service=churn_serving_v1"
 run "100 users x 14 features" "http://127.0.0.1:$PORT/get-online-features" "$WORK/post100.lua"
 echo "RSS after load: $(ps -o rss= -p $SERVER) KiB"
 kill $SERVER; wait $SERVER 2>/dev/null || true

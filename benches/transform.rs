@@ -69,10 +69,20 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let store = PluginStore::new(&PluginsConfig::default(), &root.join("feature_repo")).unwrap();
-    let bytes = std::fs::read(store.dir().join("churn_signals.wasm"))
-        .expect("build the plugins first: scripts/build-plugins.sh");
-    let plugin = runtime.block_on(store.load_bytes("churn_signals.wasm", &bytes)).unwrap();
+    let load = |reuse_instances: bool| {
+        let config = PluginsConfig {
+            reuse_instances,
+            ..PluginsConfig::default()
+        };
+        let store = PluginStore::new(&config, &root.join("feature_repo")).unwrap();
+        let bytes = std::fs::read(store.dir().join("churn_signals.wasm"))
+            .expect("build the plugins first: scripts/build-plugins.sh");
+        runtime
+            .block_on(store.load_bytes("churn_signals.wasm", &bytes))
+            .unwrap()
+    };
+    let reused = load(true);
+    let fresh = load(false);
 
     let mut group = c.benchmark_group("churn_signals");
     group.measurement_time(Duration::from_secs(3));
@@ -84,13 +94,15 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("native", rows), &native, |b, input| {
             b.iter(|| black_box(churn_signals::run(black_box(input)).unwrap()))
         });
-        group.bench_with_input(BenchmarkId::new("wasm", rows), &batch, |b, input| {
-            b.iter(|| {
-                runtime
-                    .block_on(plugin.transform(input.clone(), Duration::from_secs(30)))
-                    .unwrap()
-            })
-        });
+        for (name, plugin) in [("wasm-reused", &reused), ("wasm-fresh", &fresh)] {
+            group.bench_with_input(BenchmarkId::new(name, rows), &batch, |b, input| {
+                b.iter(|| {
+                    runtime
+                        .block_on(plugin.transform(input.clone(), Duration::from_secs(30)))
+                        .unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -145,10 +145,13 @@ impl Validity {
         {
             *last &= (1u8 << (len % 8)) - 1;
         }
-        let nulls = (0..len)
-            .filter(|i| bits[i / 8] & (1 << (i % 8)) == 0)
-            .count();
-        Some(Self { bits, len, nulls })
+        // Bits past `len` are cleared above, so the set bits are the valid rows.
+        let valid: usize = bits.iter().map(|b| b.count_ones() as usize).sum();
+        Some(Self {
+            bits,
+            len,
+            nulls: len - valid,
+        })
     }
 }
 

@@ -177,6 +177,15 @@ pub struct PluginsConfig {
     /// Linear memory one plugin instance may use, in MiB.
     #[serde(default = "default_plugin_memory")]
     pub memory_mib: usize,
+    /// Reuse an instance after a clean call (faster: no instantiation, memory stays
+    /// resident) rather than instantiating afresh for every call. A trapped, timed-out
+    /// or failed instance is never reused either way.
+    #[serde(default = "default_true")]
+    pub reuse_instances: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_plugins_dir() -> PathBuf {
@@ -199,6 +208,7 @@ impl Default for PluginsConfig {
             online_timeout_ms: default_online_timeout(),
             offline_timeout_ms: default_offline_timeout(),
             memory_mib: default_plugin_memory(),
+            reuse_instances: true,
         }
     }
 }

@@ -622,14 +622,14 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
             config.project
         );
     }
-    let plugins = PluginStore::new(&config.plugins, &repo.dir)?
-        .load_applied(&registry, &defs)
-        .await?;
     let full = args.full_feature_names;
     let features = match &args.feature_service {
         Some(name) => defs.select_service(name, full)?,
         None => defs.select_feature_strings(&args.features, full)?,
     };
+    let plugins = PluginStore::new(&config.plugins, &repo.dir)?
+        .load_applied_for(&registry, &defs, |v| features.iter().any(|f| f.view == v))
+        .await?;
     let label = args
         .label
         .as_deref()
@@ -774,9 +774,6 @@ async fn online(
         .context("cannot connect to the online store")?;
     let registry = Registry::new(pool.clone(), &config);
     let defs = registry.load().await?;
-    let plugins = PluginStore::new(&config.plugins, repo)?
-        .load_applied(&registry, &defs)
-        .await?;
     let selected = match (features.is_empty(), feature_service) {
         (false, _) => defs.select_feature_strings(features, false)?,
         (true, Some(name)) => defs.select_service(name, false)?,
@@ -785,6 +782,9 @@ async fn online(
             None => anyhow::bail!("give --features or --feature-service"),
         },
     };
+    let plugins = PluginStore::new(&config.plugins, repo)?
+        .load_applied_for(&registry, &defs, |v| selected.iter().any(|f| f.view == v))
+        .await?;
     let query = OnlineQuery::new(&config, &defs, &plugins, selected)?;
     let result = query.read(&pool, &[id.to_string()]).await?;
     let width = result

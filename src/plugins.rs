@@ -69,7 +69,10 @@ pub enum PluginError {
 
 /// Loads plugins, from files (apply) or from the registry (servers), caching by hash.
 pub struct PluginStore {
-    runtime: Arc<Runtime>,
+    /// Started on first use: commands that run no plugin never pay for the engine.
+    runtime: std::sync::OnceLock<Arc<Runtime>>,
+    memory_mib: usize,
+    reuse_instances: bool,
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
 }
@@ -77,14 +80,15 @@ pub struct PluginStore {
 impl PluginStore {
     /// A store reading plugin files from `config.dir` (relative to `repo`).
     pub fn new(config: &PluginsConfig, repo: &Path) -> Result<Self, PluginError> {
-        let runtime = shared_runtime(config).map_err(PluginError::Runtime)?;
         let dir = if config.dir.is_absolute() {
             config.dir.clone()
         } else {
             repo.join(&config.dir)
         };
         Ok(Self {
-            runtime,
+            runtime: std::sync::OnceLock::new(),
+            memory_mib: config.memory_mib,
+            reuse_instances: config.reuse_instances,
             dir,
             loaded: Mutex::new(HashMap::new()),
         })
@@ -94,13 +98,25 @@ impl PluginStore {
         &self.dir
     }
 
+    fn runtime(&self) -> Result<&Arc<Runtime>, String> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let r = shared_runtime(self.memory_mib, self.reuse_instances)?;
+        Ok(self.runtime.get_or_init(|| r))
+    }
+
     /// Loads `bytes` (or returns the already loaded plugin with the same hash).
     pub async fn load_bytes(&self, label: &str, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         if let Some(p) = self.loaded.lock().expect("not poisoned").get(&sha256) {
             return Ok(p.clone());
         }
-        let plugin = Arc::new(self.runtime.load(label, bytes).await?);
+        let runtime = self.runtime().map_err(|reason| LoadError::NotAComponent {
+            plugin: label.to_string(),
+            reason,
+        })?;
+        let plugin = Arc::new(runtime.load(label, bytes).await?);
         self.loaded
             .lock()
             .expect("not poisoned")
@@ -206,8 +222,23 @@ impl PluginStore {
         registry: &Registry,
         defs: &Definitions,
     ) -> Result<PluginSet, PluginError> {
+        self.load_applied_for(registry, defs, |_| true).await
+    }
+
+    /// Like [`Self::load_applied`], for the on-demand views `wanted` accepts only (a
+    /// one-shot command loads what its request uses).
+    pub async fn load_applied_for(
+        &self,
+        registry: &Registry,
+        defs: &Definitions,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<PluginSet, PluginError> {
         let mut set = PluginSet::default();
-        for view in &defs.on_demand_feature_views {
+        for view in defs
+            .on_demand_feature_views
+            .iter()
+            .filter(|v| wanted(&v.name))
+        {
             let sha256 = view.plugin.resolved_sha256.clone().unwrap_or_default();
             if set.get(&sha256).is_some() {
                 continue;
@@ -239,11 +270,12 @@ impl PluginStore {
 
 /// One runtime per process and memory setting: an engine reserves its instance pool's
 /// address space up front, so tests that start many servers must share it.
-fn shared_runtime(config: &PluginsConfig) -> Result<Arc<Runtime>, String> {
-    static RUNTIMES: Mutex<Vec<(usize, Arc<Runtime>)>> = Mutex::new(Vec::new());
-    let memory_bytes = config.memory_mib << 20;
+fn shared_runtime(memory_mib: usize, reuse_instances: bool) -> Result<Arc<Runtime>, String> {
+    static RUNTIMES: Mutex<Vec<((usize, bool), Arc<Runtime>)>> = Mutex::new(Vec::new());
+    let memory_bytes = memory_mib << 20;
+    let key = (memory_bytes, reuse_instances);
     let mut runtimes = RUNTIMES.lock().expect("not poisoned");
-    if let Some((_, r)) = runtimes.iter().find(|(m, _)| *m == memory_bytes) {
+    if let Some((_, r)) = runtimes.iter().find(|(k, _)| *k == key) {
         return Ok(r.clone());
     }
     let cache_dir = std::env::var_os("SKEWLESS_PLUGIN_CACHE")
@@ -253,9 +285,10 @@ fn shared_runtime(config: &PluginsConfig) -> Result<Arc<Runtime>, String> {
         memory_bytes,
         max_output_bytes: memory_bytes,
         cache_dir,
+        reuse_instances,
     })
     .map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
-    runtimes.push((memory_bytes, runtime.clone()));
+    runtimes.push((key, runtime.clone()));
     Ok(runtime)
 }
 

@@ -57,6 +57,9 @@ pub struct RuntimeOptions {
     /// Where compiled artifacts are cached (by content hash and engine settings);
     /// `None`: compile in memory every time.
     pub cache_dir: Option<PathBuf>,
+    /// Keep instances that finished a call cleanly for the next call (see
+    /// [`Plugin::transform`]); `false`: a fresh instance for every call.
+    pub reuse_instances: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -65,6 +68,7 @@ impl Default for RuntimeOptions {
             memory_bytes: 64 << 20,
             max_output_bytes: 64 << 20,
             cache_dir: None,
+            reuse_instances: true,
         }
     }
 }
@@ -273,6 +277,7 @@ impl Runtime {
         let mut plugin = Plugin {
             runtime: self.clone(),
             pre,
+            idle: std::sync::Mutex::new(Vec::new()),
             sha256,
             size: bytes.len(),
             info: PluginInfo::default(),
@@ -413,10 +418,23 @@ fn root_message(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
+/// An instance with its store, between calls.
+struct Warm {
+    store: Store<Sandbox>,
+    stderr: MemoryOutputPipe,
+    instance: bindings::Transformation,
+}
+
+/// Most idle instances kept per plugin (one per concurrent call is enough on a small
+/// machine; extra ones are dropped).
+const MAX_IDLE: usize = 16;
+
 /// A loaded plugin: its describe() output, its hash, and what makes an instance.
 pub struct Plugin {
     runtime: Arc<Runtime>,
     pre: bindings::TransformationPre<Sandbox>,
+    /// Instances that completed a call cleanly, ready for the next one.
+    idle: std::sync::Mutex<Vec<Warm>>,
     sha256: String,
     size: usize,
     info: PluginInfo,
@@ -549,35 +567,79 @@ impl Plugin {
     }
 
     /// Runs `transform` on `input` (columns named and typed as [`PluginInfo::inputs`])
-    /// in a fresh instance, within `budget`. Returns the declared outputs, checked.
+    /// within `budget`, and returns the declared outputs, checked.
+    ///
+    /// The instance comes from the idle list, or fresh from the `InstancePre`. Only an
+    /// instance whose call succeeded and printed nothing goes back to the list: after a
+    /// trap, a timeout, an error or any output it is dropped, never re-entered. Reuse
+    /// skips instantiation and keeps the instance's memory resident (reports/benchmarks.md
+    /// measures both ways); `transform` must not keep state between calls, which the
+    /// world's contract says and the offline/online equality test checks.
     #[tracing::instrument(skip_all, fields(plugin = %self.info.name, rows = input.rows))]
     pub async fn transform(&self, input: Batch, budget: Duration) -> Result<Batch, TransformError> {
         let name = self.info.name.as_str();
         let rows = input.rows;
         let wit_input = convert::to_wit(input);
-        let (mut store, stderr) = self.store(budget);
+        let reuse = self.runtime.options.reuse_instances;
+        let warm = if reuse {
+            self.idle.lock().expect("not poisoned").pop()
+        } else {
+            None
+        };
+        let (mut store, stderr, instance) = match warm {
+            Some(mut w) => {
+                let data = w.store.data_mut();
+                data.deadline = Instant::now() + budget;
+                data.timed_out = false;
+                data.limiter.hit = false;
+                w.store.set_epoch_deadline(1);
+                (w.store, w.stderr, Some(w.instance))
+            }
+            None => {
+                let (store, stderr) = self.store(budget);
+                (store, stderr, None)
+            }
+        };
         let result = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_transform(&mut store, &wit_input).await
+            let instance = match instance {
+                Some(i) => i,
+                None => self.pre.instantiate_async(&mut store).await?,
+            };
+            let out = instance.call_transform(&mut store, &wit_input).await?;
+            Ok::<_, wasmtime::Error>((instance, out))
         }
         .await;
+        let printed = !stderr.contents().is_empty();
         self.log_output(&stderr);
         match result {
             Err(e) => Err(self.failure(name, &store, &stderr, budget, e)),
-            Ok(Err(message)) => Err(TransformError::Refused {
+            Ok((_, Err(message))) => Err(TransformError::Refused {
                 plugin: name.to_string(),
                 message,
             }),
-            Ok(Ok(output)) => convert::from_wit(
-                output,
-                rows,
-                &self.info.outputs,
-                self.runtime.options.max_output_bytes,
-            )
-            .map_err(|message| TransformError::BadOutput {
-                plugin: name.to_string(),
-                message,
-            }),
+            Ok((instance, Ok(output))) => {
+                let checked = convert::from_wit(
+                    output,
+                    rows,
+                    &self.info.outputs,
+                    self.runtime.options.max_output_bytes,
+                )
+                .map_err(|message| TransformError::BadOutput {
+                    plugin: name.to_string(),
+                    message,
+                });
+                if reuse && checked.is_ok() && !printed {
+                    let mut idle = self.idle.lock().expect("not poisoned");
+                    if idle.len() < MAX_IDLE {
+                        idle.push(Warm {
+                            store,
+                            stderr,
+                            instance,
+                        });
+                    }
+                }
+                checked
+            }
         }
     }
 }
