@@ -17,6 +17,11 @@ use skewless::plugins::PluginStore;
 
 const SIZES: [usize; 5] = [1, 16, 256, 4096, 65536];
 
+/// The allocator the skewless binary runs with (src/main.rs), so the host side of a call
+/// costs here what it costs in the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// StreamFlow-like inputs; every 13th row has no usage data (NULL watch hours).
 fn inputs(rows: usize) -> Batch {
     let mut nulls = Validity::default();

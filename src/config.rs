@@ -182,6 +182,13 @@ pub struct PluginsConfig {
     /// or failed instance is never reused either way.
     #[serde(default = "default_true")]
     pub reuse_instances: bool,
+    /// Largest plugin `POST /plugins` accepts, in MiB.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_mib: usize,
+}
+
+fn default_max_upload() -> usize {
+    32
 }
 
 fn default_true() -> bool {
@@ -209,6 +216,7 @@ impl Default for PluginsConfig {
             offline_timeout_ms: default_offline_timeout(),
             memory_mib: default_plugin_memory(),
             reuse_instances: true,
+            max_upload_mib: default_max_upload(),
         }
     }
 }

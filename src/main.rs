@@ -69,6 +69,24 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin (.wasm component) in the sandbox, store it in the registry, and
+    /// make it the active version: every on-demand view using it without a pin switches
+    /// to it, on every server. The same bytes again change nothing.
+    #[command(after_help = EXIT_CODES)]
+    Add { file: PathBuf },
+    /// List the stored plugins, their versions, the active one and the views using them.
+    #[command(visible_alias = "ls", after_help = EXIT_CODES)]
+    List,
+    /// Make a stored version active (roll back or forward); VERSION may be a sha256.
+    #[command(after_help = EXIT_CODES)]
+    Activate { name: String, version: String },
+    /// Delete a stored version (refused while a view runs it); VERSION may be a sha256.
+    #[command(after_help = EXIT_CODES)]
+    Delete { name: String, version: String },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load one month of StreamFlow CSVs into the offline store, stamped with its as_of date.
@@ -96,6 +114,9 @@ enum Command {
     /// List what is registered.
     #[command(visible_alias = "ls", after_help = EXIT_CODES)]
     Registry,
+    /// Manage transformation plugins in the registry: upload, list, activate, delete.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Write deterministic StreamFlow-shaped month folders (month_000, month_001, ...).
     #[command(after_help = EXIT_CODES)]
     Generate {
@@ -292,6 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plan => plan_or_apply(&cli.repo, false).await,
         Command::Apply => plan_or_apply(&cli.repo, true).await,
         Command::Registry => list_registry(&cli.repo).await,
+        Command::Plugin(command) => plugin(&cli.repo, command).await,
         Command::Demo {
             seeds,
             users,
@@ -465,6 +487,105 @@ async fn plan_or_apply(repo: &Path, apply: bool) -> Result<()> {
         print!("{}", plan.render(false));
         if !plan.is_empty() {
             println!("\nRun `skewless apply` to make these changes.");
+        }
+    }
+    Ok(())
+}
+
+/// `plugin add|list|activate|delete`: the registry's plugin versions, from the CLI.
+async fn plugin(repo: &Path, command: PluginCommand) -> Result<()> {
+    use skewless::registry::{StoredPlugin, Upload, VersionSelector};
+    let config = Config::load(repo)?;
+    let online = config
+        .online_pool()
+        .await
+        .context("cannot connect to the online store (registry)")?;
+    let registry = Registry::new(online, &config);
+    let switched = |views: &[String]| {
+        if views.is_empty() {
+            String::new()
+        } else {
+            format!("; now running in {}", views.join(", "))
+        }
+    };
+    match command {
+        PluginCommand::Add { file } => {
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let plugin = PluginStore::new(&config.plugins, repo)?
+                .load_bytes(&file.display().to_string(), &bytes)
+                .await
+                .map_err(|e| PluginProblems(e.to_string()))?;
+            let stored = StoredPlugin {
+                sha256: plugin.sha256().to_string(),
+                info: plugin.info().clone(),
+                bytes,
+            };
+            let (outcome, views) = registry
+                .upload_plugin(&stored)
+                .await
+                .map_err(|e| PluginProblems(e.to_string()))?;
+            let what = match outcome {
+                Upload::Created => "Stored and activated",
+                Upload::Unchanged => "Already stored (nothing changed):",
+            };
+            println!(
+                "[OK] {what} plugin {} {} (sha256 {}){}",
+                stored.info.name,
+                stored.info.version,
+                stored.sha256,
+                switched(&views)
+            );
+        }
+        PluginCommand::List => {
+            let plugins = registry
+                .list_plugins()
+                .await
+                .map_err(|e| PluginProblems(e.to_string()))?;
+            if plugins.is_empty() {
+                println!("No plugins are stored for project {}.", config.project);
+            }
+            for p in plugins {
+                println!("{}", p.name);
+                for v in &p.versions {
+                    println!(
+                        "  {} {:<10} {}  {:>8} bytes  {}",
+                        if v.active { "*" } else { " " },
+                        v.version,
+                        v.sha256,
+                        v.size,
+                        v.uploaded_at.format("%Y-%m-%d %H:%M:%S")
+                    );
+                }
+                for u in &p.views {
+                    println!(
+                        "  used by {} ({}{})",
+                        u.view,
+                        &u.sha256[..u.sha256.len().min(12)],
+                        if u.pinned { ", pinned" } else { "" }
+                    );
+                }
+            }
+        }
+        PluginCommand::Activate { name, version } => {
+            let (v, views) = registry
+                .activate_plugin(&name, &VersionSelector::parse(&version))
+                .await
+                .map_err(|e| PluginProblems(e.to_string()))?;
+            println!(
+                "[OK] Activated plugin {} {} (sha256 {}){}",
+                v.name,
+                v.version,
+                v.sha256,
+                switched(&views)
+            );
+        }
+        PluginCommand::Delete { name, version } => {
+            let v = registry
+                .delete_plugin(&name, &VersionSelector::parse(&version))
+                .await
+                .map_err(|e| PluginProblems(e.to_string()))?;
+            println!("[OK] Deleted plugin {} {} (sha256 {})", v.name, v.version, v.sha256);
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! changes by `NOTIFY skewless_registry`.
 
 mod diff;
+mod plugins;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,9 @@ use crate::definitions::Definitions;
 use crate::online::layout::{InfraChange, plan_changes};
 use crate::pgtypes::ident;
 pub use diff::FieldChange;
+pub use plugins::{
+    PluginEntry, PluginRegistryError, PluginVersion, Upload, VersionSelector, ViewUse,
+};
 
 /// Channel on which an apply announces itself (payload: the project name).
 pub const NOTIFY_CHANNEL: &str = "skewless_registry";
@@ -307,6 +311,14 @@ impl Registry {
                     uploaded_at timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (project, sha256))"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.plugin_active (
+                    project text NOT NULL,
+                    name text NOT NULL,
+                    sha256 text NOT NULL,
+                    activated_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (project, name))"
+            ),
         ];
         for sql in statements {
             sqlx::query(&sql).execute(&mut **tx).await?;
@@ -452,18 +464,20 @@ impl Registry {
         self.lock(&mut tx).await?;
         self.ensure_layout(&mut tx).await?;
         for p in plugins {
+            self.store_plugin(&mut tx, p).await?;
+        }
+        // What the repo's files hold becomes the active version of each plugin.
+        for p in plugins {
             sqlx::query(&format!(
-                "INSERT INTO {} (project, sha256, name, version, info, size, bytes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project, sha256) DO NOTHING",
-                self.table("plugins")
+                "INSERT INTO {} (project, name, sha256) VALUES ($1, $2, $3)
+                 ON CONFLICT (project, name) DO UPDATE SET sha256 = EXCLUDED.sha256, activated_at = now()
+                 WHERE {}.sha256 <> EXCLUDED.sha256",
+                self.table("plugin_active"),
+                self.table("plugin_active"),
             ))
             .bind(&self.project)
-            .bind(&p.sha256)
             .bind(&p.info.name)
-            .bind(&p.info.version)
-            .bind(serde_json::to_value(&p.info).expect("plugin info serializes"))
-            .bind(i32::try_from(p.bytes.len()).unwrap_or(i32::MAX))
-            .bind(&p.bytes)
+            .bind(&p.sha256)
             .execute(&mut *tx)
             .await?;
         }
@@ -545,53 +559,13 @@ impl Registry {
         for change in &plan.changes {
             let o = change.object();
             let key = (o.kind, o.name.clone());
-            let (verb, version, spec) = match change {
-                Change::Added(_) => ("create", 1, Some(&o.spec)),
-                Change::Changed { .. } => ("update", versions[&key] + 1, Some(&o.spec)),
-                Change::Removed(_) => ("delete", versions[&key] + 1, None),
+            let (version, spec) = match change {
+                Change::Added(_) => (1, Some(&o.spec)),
+                Change::Changed { .. } => (versions[&key] + 1, Some(&o.spec)),
+                Change::Removed(_) => (versions[&key] + 1, None),
             };
-            match change {
-                Change::Added(_) | Change::Changed { .. } => {
-                    sqlx::query(&format!(
-                        "INSERT INTO {} (project, kind, name, version, spec) VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (project, kind, name)
-                         DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec, updated_at = now()",
-                        self.table("objects")
-                    ))
-                    .bind(&self.project)
-                    .bind(o.kind.as_str())
-                    .bind(&o.name)
-                    .bind(version)
-                    .bind(&o.spec)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Change::Removed(_) => {
-                    sqlx::query(&format!(
-                        "DELETE FROM {} WHERE project = $1 AND kind = $2 AND name = $3",
-                        self.table("objects")
-                    ))
-                    .bind(&self.project)
-                    .bind(o.kind.as_str())
-                    .bind(&o.name)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            sqlx::query(&format!(
-                "INSERT INTO {} (apply_id, project, kind, name, version, change, spec)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                self.table("object_history")
-            ))
-            .bind(apply_id)
-            .bind(&self.project)
-            .bind(o.kind.as_str())
-            .bind(&o.name)
-            .bind(version)
-            .bind(verb)
-            .bind(spec)
-            .execute(&mut *tx)
-            .await?;
+            self.write_object(&mut tx, apply_id, o.kind, &o.name, version, spec)
+                .await?;
         }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
@@ -600,6 +574,66 @@ impl Registry {
             .await?;
         tx.commit().await?;
         Ok(plan)
+    }
+
+    /// Writes one object's new version (`spec` None: deleted) and its history row.
+    async fn write_object(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        apply_id: i64,
+        kind: ObjectKind,
+        name: &str,
+        version: i32,
+        spec: Option<&Value>,
+    ) -> Result<(), RegistryError> {
+        match spec {
+            Some(spec) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {} (project, kind, name, version, spec) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (project, kind, name)
+                     DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec, updated_at = now()",
+                    self.table("objects")
+                ))
+                .bind(&self.project)
+                .bind(kind.as_str())
+                .bind(name)
+                .bind(version)
+                .bind(spec)
+                .execute(&mut **tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE project = $1 AND kind = $2 AND name = $3",
+                    self.table("objects")
+                ))
+                .bind(&self.project)
+                .bind(kind.as_str())
+                .bind(name)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        let verb = match (spec, version) {
+            (None, _) => "delete",
+            (Some(_), 1) => "create",
+            (Some(_), _) => "update",
+        };
+        sqlx::query(&format!(
+            "INSERT INTO {} (apply_id, project, kind, name, version, change, spec)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.table("object_history")
+        ))
+        .bind(apply_id)
+        .bind(&self.project)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(version)
+        .bind(verb)
+        .bind(spec)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------

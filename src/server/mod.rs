@@ -11,6 +11,7 @@ mod admin;
 mod error;
 mod features;
 mod ops;
+mod plugins;
 mod state;
 mod training;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
@@ -96,7 +97,26 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             admin::require_admin,
         ));
+    let upload_limit = state.config.plugins.max_upload_mib << 20;
+    let admin_only = || axum::middleware::from_fn_with_state(state.clone(), admin::require_admin);
     Router::new()
+        .route(
+            "/plugins",
+            get(plugins::list).merge(
+                post(plugins::upload)
+                    .layer(DefaultBodyLimit::max(upload_limit))
+                    .layer(admin_only()),
+            ),
+        )
+        .route("/plugins/{name}", get(plugins::get))
+        .route(
+            "/plugins/{name}/activate",
+            post(plugins::activate).layer(admin_only()),
+        )
+        .route(
+            "/plugins/{name}/{version}",
+            delete(plugins::delete).layer(admin_only()),
+        )
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

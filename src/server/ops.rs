@@ -146,8 +146,13 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         super::admin::materialize_incremental,
         super::admin::write_to_online_store,
         super::admin::push,
+        super::plugins::upload,
+        super::plugins::list,
+        super::plugins::get,
+        super::plugins::activate,
+        super::plugins::delete,
     ),
-    components(schemas(super::ErrorBody))
+    components(schemas(super::ErrorBody, super::plugins::PluginAnswer, super::plugins::ActivateBody))
 )]
 pub struct ApiDoc;
 

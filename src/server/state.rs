@@ -86,6 +86,16 @@ impl RegistryCache {
         }
     }
 
+    /// The registry the snapshot is read from (plugin uploads and activations go there).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The loader plugins go through (uploads are validated by it).
+    pub fn plugin_store(&self) -> &PluginStore {
+        &self.plugins
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }

@@ -27,6 +27,10 @@ const NAME: &str = if cfg!(feature = "spin") {
     "hostile_none"
 };
 
+/// The tenure_bucket look-alikes declare what the real one does (one Int64 input, one
+/// String output), except that the mismatching one outputs Int64.
+const TENURE: bool = cfg!(feature = "tenure_v2") || cfg!(feature = "tenure_mismatch");
+
 struct Hostile;
 
 fn spin_forever() -> u64 {
@@ -44,6 +48,24 @@ impl Guest for Hostile {
         if cfg!(feature = "describe_spin") {
             spin_forever();
         }
+        if TENURE {
+            return PluginInfo {
+                name: "tenure_bucket".into(),
+                version: if cfg!(feature = "tenure_v2") { "0.2.0" } else { "0.3.0" }.into(),
+                inputs: vec![Field {
+                    name: "months_active".into(),
+                    dtype: ValueType::Int64,
+                }],
+                outputs: vec![Field {
+                    name: "tenure_bucket".into(),
+                    dtype: if cfg!(feature = "tenure_v2") {
+                        ValueType::String
+                    } else {
+                        ValueType::Int64
+                    },
+                }],
+            };
+        }
         PluginInfo {
             name: NAME.to_string(),
             version: "0.1.0".to_string(),
@@ -60,6 +82,25 @@ impl Guest for Hostile {
 
     fn transform(input: Batch) -> Result<Batch, String> {
         let rows = input.rows as usize;
+        if TENURE {
+            let months = input
+                .columns
+                .iter()
+                .find(|c| c.name == "months_active")
+                .ok_or("months_active is missing")?;
+            let Values::Int64(values) = &months.values else {
+                return Err("months_active is not Int64".into());
+            };
+            let labels = values.iter().map(|m| format!("v2:{}", m / 12)).collect();
+            return Ok(Batch {
+                rows: input.rows,
+                columns: vec![Column {
+                    name: "tenure_bucket".into(),
+                    values: Values::String(labels),
+                    validity: months.validity.clone(),
+                }],
+            });
+        }
         let mut values = Values::Float64(vec![1.0; rows]);
         let mut out_rows = input.rows;
         if cfg!(feature = "spin") {
