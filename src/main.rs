@@ -13,7 +13,6 @@ use skewless::config::Config;
 use skewless::definitions::DefinitionErrors;
 use skewless::generate::{GenerateOptions, generate};
 use skewless::ingest::{IngestError, ingest_month};
-use skewless::offline::check_sources;
 use skewless::plugins::PluginStore;
 use skewless::registry::{Plan, Registry};
 use skewless::repo::{FeatureRepo, RepoError};
@@ -165,7 +164,8 @@ enum Command {
         /// Address to listen on (default: server.bind from the config, 127.0.0.1:8000).
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<std::net::SocketAddr>,
-        /// Development mode: mutating routes need no admin token on a loopback address.
+        /// Development mode: mutating routes need no admin token on a loopback address, and
+        /// the feature repo (YAML files, plugins folder) is watched and hot-reloaded.
         #[arg(long)]
         dev: bool,
     },
@@ -278,6 +278,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<PluginProblems>() {
             return exit::INVALID_DEFINITIONS;
+        }
+        if let Some(a) = cause.downcast_ref::<skewless::repo::ApplyError>() {
+            use skewless::repo::ApplyError as A;
+            return match a {
+                A::Definitions(_) | A::Plugins(_) => exit::INVALID_DEFINITIONS,
+                A::Registry(_) => exit::DATABASE,
+            };
         }
         if cause.is::<skewless::definitions::ResolveError>()
             || cause.is::<skewless::online::read::OnlineReadError>()
@@ -445,41 +452,14 @@ async fn plan_or_apply(repo: &Path, apply: bool) -> Result<()> {
         .offline_pool()
         .await
         .context("cannot connect to the offline store")?;
-    check_sources(&offline, &repo.definitions).await?;
     let online = repo
         .config
         .online_pool()
         .await
         .context("cannot connect to the online store")?;
     let registry = Registry::new(online, &repo.config);
-    // Derived views: load each plugin from the plugins folder, type-check it against
-    // its view, and record its hash (stored with the bytes in the registry on apply).
-    let mut defs = repo.definitions.clone();
-    let mut stored = Vec::new();
-    if !defs.on_demand_feature_views.is_empty() {
-        let store = PluginStore::new(&repo.config.plugins, &repo.dir)?;
-        match store.resolve_files(&mut defs).await {
-            Ok((_, plugins)) => stored = plugins,
-            Err(errors) => {
-                let n = errors.len();
-                let mut message = format!(
-                    "{n} problem{} with the transformation plugins:",
-                    if n == 1 { "" } else { "s" }
-                );
-                for e in errors {
-                    message.push_str(&format!("\n  - {e}"));
-                }
-                return Err(PluginProblems(message).into());
-            }
-        }
-    }
-    let plan: Plan = if apply {
-        registry
-            .apply_with_plugins(&repo.config, &defs, &stored)
-            .await?
-    } else {
-        registry.plan(&repo.config, &defs).await?
-    };
+    let store = PluginStore::new(&repo.config.plugins, &repo.dir)?;
+    let plan: Plan = repo.apply(&offline, &registry, &store, apply).await?;
     if apply {
         println!("Applying changes for project {}", repo.config.project);
         print!("{}", plan.render(true));
@@ -850,7 +830,12 @@ async fn serve(repo: &Path, addr: Option<std::net::SocketAddr>, dev: bool) -> Re
     }
     skewless::server::serve(
         config,
-        skewless::server::ServeOptions { addr, dev },
+        skewless::server::ServeOptions {
+            addr,
+            dev,
+            // --dev also hot-reloads: the repo's YAML files and its plugins folder.
+            watch: dev.then(|| repo.to_path_buf()),
+        },
         shutdown_signal(),
     )
     .await?;

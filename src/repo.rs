@@ -79,3 +79,49 @@ pub fn load_definitions(dir: &Path) -> Result<Definitions, RepoError> {
         .collect();
     Ok(Definitions::parse(&files)?)
 }
+
+/// Why `plan`/`apply` of a repo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The definitions do not hold against the database (sources, columns, types).
+    #[error(transparent)]
+    Definitions(#[from] DefinitionErrors),
+    /// A plugin is missing, broken, or does not match its view.
+    #[error("{} problem{} with the transformation plugins:{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(|e| format!("\n  - {e}")).collect::<String>())]
+    Plugins(Vec<crate::plugins::PluginError>),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+impl FeatureRepo {
+    /// What applying this repo would change (`write: false`), or applies it: checks every
+    /// source against the offline store, loads and type-checks each on-demand view's
+    /// plugin from the plugins folder, then writes the registry, the plugin bytes and the
+    /// online tables in one transaction. Shared by `skewless plan|apply` and the dev
+    /// server's file watcher.
+    pub async fn apply(
+        &self,
+        offline: &sqlx::PgPool,
+        registry: &crate::registry::Registry,
+        plugins: &crate::plugins::PluginStore,
+        write: bool,
+    ) -> Result<crate::registry::Plan, ApplyError> {
+        crate::offline::check_sources(offline, &self.definitions).await?;
+        let mut defs = self.definitions.clone();
+        let mut stored = Vec::new();
+        if !defs.on_demand_feature_views.is_empty() {
+            let (_, found) = plugins
+                .resolve_files(&mut defs)
+                .await
+                .map_err(ApplyError::Plugins)?;
+            stored = found;
+        }
+        Ok(if write {
+            registry
+                .apply_with_plugins(&self.config, &defs, &stored)
+                .await?
+        } else {
+            registry.plan(&self.config, &defs).await?
+        })
+    }
+}

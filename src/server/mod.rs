@@ -12,6 +12,7 @@ mod error;
 mod features;
 mod ops;
 mod plugins;
+mod watch;
 mod state;
 mod training;
 
@@ -37,6 +38,8 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     /// Development mode: mutating routes need no token when bound to loopback.
     pub dev: bool,
+    /// Hot reload (`serve --dev`): the feature repo to watch, with its plugins folder.
+    pub watch: Option<std::path::PathBuf>,
 }
 
 /// Everything a handler may touch.
@@ -165,6 +168,11 @@ pub async fn serve_on(
     let state = state(config, &options);
     let ttl = Duration::from_secs(state.config.registry.cache_ttl_seconds.max(1));
     let _ = state.registry.reload().await;
+    if let Some(repo) = options.watch.clone()
+        && let Err(e) = watch::spawn(state.clone(), repo)
+    {
+        tracing::warn!(error = %e, "dev mode: cannot watch the feature repo");
+    }
     let watcher = tokio::spawn(
         state
             .registry

@@ -94,7 +94,12 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
     let detail = if !database {
         Some("the database is unreachable".to_string())
     } else {
-        state.registry.last_error()
+        state.registry.last_error().or_else(|| {
+            state
+                .registry
+                .change_error()
+                .map(|e| format!("serving the last good state; the last change was refused: {e}"))
+        })
     };
     let body = Readiness {
         ready,

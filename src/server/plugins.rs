@@ -103,7 +103,7 @@ pub async fn list(State(state): State<SharedState>) -> Result<Json<serde_json::V
     let plugins = state.registry.registry().list_plugins().await?;
     Ok(Json(serde_json::json!({
         "plugins": plugins,
-        "last_error": state.registry.last_error(),
+        "last_error": state.registry.last_error().or_else(|| state.registry.change_error()),
     })))
 }
 

@@ -69,6 +69,9 @@ impl Snapshot {
 pub struct RegistryCache {
     registry: Registry,
     plugins: PluginStore,
+    /// The last refused change from `serve --dev`'s file watcher (the server keeps serving
+    /// its last good state meanwhile).
+    change_error: Mutex<Option<String>>,
     current: ArcSwap<Snapshot>,
     last_error: Mutex<Option<String>>,
 }
@@ -78,6 +81,7 @@ impl RegistryCache {
         Self {
             registry,
             plugins,
+            change_error: Mutex::new(None),
             current: ArcSwap::from_pointee(Snapshot::new(
                 Definitions::default(),
                 PluginSet::default(),
@@ -103,6 +107,16 @@ impl RegistryCache {
     /// Why the last reload failed, if it did.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("not poisoned").clone()
+    }
+
+    /// Records (or clears) why the last watched change was refused.
+    pub fn set_change_error(&self, error: Option<String>) {
+        *self.change_error.lock().expect("not poisoned") = error;
+    }
+
+    /// Why the last watched change was refused, if it was.
+    pub fn change_error(&self) -> Option<String> {
+        self.change_error.lock().expect("not poisoned").clone()
     }
 
     pub fn is_loaded(&self) -> bool {

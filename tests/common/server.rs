@@ -47,8 +47,17 @@ impl TestServer {
         Self::start_with(config, false).await
     }
 
-    /// Starts a server; `dev` as `skewless serve --dev`.
+    /// Starts a server; `dev` as `skewless serve --dev` (without file watching).
     pub async fn start_with(config: Config, dev: bool) -> Self {
+        Self::start_options(config, dev, None).await
+    }
+
+    /// Starts a server in dev mode watching `repo` for changes, as `skewless serve --dev`.
+    pub async fn start_watching(config: Config, repo: &Path) -> Self {
+        Self::start_options(config, true, Some(repo.to_path_buf())).await
+    }
+
+    async fn start_options(config: Config, dev: bool, watch: Option<std::path::PathBuf>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -57,7 +66,7 @@ impl TestServer {
         let handle = tokio::spawn(skewless::server::serve_on(
             listener,
             config,
-            ServeOptions { addr, dev },
+            ServeOptions { addr, dev, watch },
             async move {
                 let _ = rx.await;
             },
