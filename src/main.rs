@@ -787,7 +787,7 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
             format,
             &set.schema,
             std::io::BufWriter::with_capacity(1 << 20, file),
-            &[],
+            &set.metadata(),
         )?;
         let progress = bar(set.rows, "writing rows");
         let mut written = 0u64;
@@ -808,6 +808,17 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
     .await;
     match result {
         Ok(written) => {
+            // The provenance beside the data: which features, which plugin bytes.
+            let sidecar = PathBuf::from(format!("{}.meta.json", out.display()));
+            let meta = serde_json::json!({
+                "rows": written,
+                "columns": set.schema.iter().map(|c| serde_json::json!({"name": c.name, "dtype": c.dtype.name()})).collect::<Vec<_>>(),
+                "plugins": set.plugins,
+                "project": config.project,
+                "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            });
+            std::fs::write(&sidecar, serde_json::to_vec_pretty(&meta)?)
+                .with_context(|| format!("cannot write {}", sidecar.display()))?;
             std::fs::rename(&partial, &out)
                 .with_context(|| format!("cannot move the result to {}", out.display()))?;
             println!("[OK] Wrote {} with {written} rows", out.display());

@@ -245,6 +245,23 @@ async fn apply_stores_the_plugins_and_requests_name_derived_features() {
         .arg(&out)
         .assert()
         .success();
+    // The sidecar names the exact plugin bytes the derived columns came from.
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.path().join("derived.csv.meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["rows"], 50);
+    let used: Vec<(String, String)> = meta["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().into(), p["sha256"].as_str().unwrap().into()))
+        .collect();
+    let expected: Vec<(String, String)> = stored
+        .iter()
+        .map(|(n, s, _)| (n.clone(), s.clone()))
+        .collect();
+    assert_eq!(used, expected);
     let csv = std::fs::read_to_string(&out).unwrap();
     let mut lines = csv.lines();
     assert_eq!(

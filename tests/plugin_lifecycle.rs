@@ -154,16 +154,17 @@ async fn upload_activate_and_delete_over_http() {
     assert_eq!(response.status(), 404);
 
     // The training set follows the active version too.
-    let text = server
+    let response = server
         .client
         .post(server.url("/historical"))
         .json(&json!({"entities": {"user_id": [user], "event_timestamp": ["2024-02-29"]}, "features": ["tenure_bucket_fv:tenure_bucket"]}))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    // ... and says which bytes it ran.
+    let provenance = response.headers()["x-skewless-plugins"].to_str().unwrap().to_string();
+    assert!(provenance.starts_with("tenure_bucket@0.1.0="), "{provenance}");
+    let text = response.text().await.unwrap();
     assert!(text.ends_with(&format!(",{v1}\n")), "{text}");
 }
 

@@ -104,7 +104,29 @@ impl From<sqlx::Error> for HistoricalError {
 pub struct TrainingSet {
     pub schema: Vec<ColumnSpec>,
     pub rows: u64,
+    /// Every plugin the derived features ran, so a model can be traced to the exact
+    /// transformation code: (name, version, sha256).
+    pub plugins: Vec<PluginUse>,
     pub batches: mpsc::Receiver<Result<Batch, HistoricalError>>,
+}
+
+/// One plugin a training set ran.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginUse {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl TrainingSet {
+    /// The provenance as key-value metadata (Parquet footer, sidecar files):
+    /// `skewless.plugins` = a JSON list of {name, version, sha256}.
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        vec![(
+            "skewless.plugins".to_string(),
+            serde_json::to_string(&self.plugins).expect("serializes"),
+        )]
+    }
 }
 
 /// Tuning knobs that do not change results.
@@ -168,6 +190,15 @@ pub async fn start(
             }
         }
     });
+    let mut plugins: Vec<PluginUse> = plan
+        .plugins()
+        .map(|p| PluginUse {
+            name: p.info().name.clone(),
+            version: p.info().version.clone(),
+            sha256: p.sha256().to_string(),
+        })
+        .collect();
+    plugins.dedup();
     let batches = if plan.is_identity() {
         receiver
     } else {
@@ -176,6 +207,7 @@ pub async fn start(
     Ok(TrainingSet {
         schema,
         rows,
+        plugins,
         batches,
     })
 }

@@ -130,9 +130,20 @@ pub async fn historical(
     )
     .await?;
 
-    let writer = BatchWriter::new(format, &set.schema, Vec::with_capacity(1 << 16), &[])
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let writer = BatchWriter::new(
+        format,
+        &set.schema,
+        Vec::with_capacity(1 << 16),
+        &set.metadata(),
+    )
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let rows = set.rows;
+    let plugins = set
+        .plugins
+        .iter()
+        .map(|p| format!("{}@{}={}", p.name, p.version, p.sha256))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Each batch is encoded and sent as it arrives; when the client goes away the body
     // stream is dropped, with it the receiver, and the query is cancelled.
     let stream = futures::stream::unfold(
@@ -165,6 +176,11 @@ pub async fn historical(
             (
                 header::HeaderName::from_static("x-skewless-rows"),
                 rows.to_string(),
+            ),
+            // The exact transformation code behind the derived columns.
+            (
+                header::HeaderName::from_static("x-skewless-plugins"),
+                plugins,
             ),
         ],
         Body::from_stream(stream),
