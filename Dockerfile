@@ -12,6 +12,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY wit ./wit
+COPY templates ./templates
 COPY plugins ./plugins
 COPY feature_repo ./feature_repo
 RUN cargo build --release --locked --bin skewless

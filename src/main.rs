@@ -84,6 +84,15 @@ enum PluginCommand {
     /// Delete a stored version (refused while a view runs it); VERSION may be a sha256.
     #[command(after_help = EXIT_CODES)]
     Delete { name: String, version: String },
+    /// Scaffold a plugin crate in the plugins workspace: it builds with `cargo build
+    /// --release --target wasm32-wasip2` and passes its own test as is.
+    #[command(after_help = EXIT_CODES)]
+    New {
+        name: String,
+        /// The plugins workspace.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +284,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 H::Database(_) | H::Query(_) | H::Unavailable(_) => exit::DATABASE,
                 H::Decode(_) | H::Plan(_) | H::Transform(_) => exit::FAILURE,
             };
+        }
+        if cause.is::<skewless::plugins::ScaffoldError>() {
+            return exit::INVALID_INPUT;
         }
         if cause.is::<PluginProblems>() {
             return exit::INVALID_DEFINITIONS;
@@ -475,6 +487,12 @@ async fn plan_or_apply(repo: &Path, apply: bool) -> Result<()> {
 /// `plugin add|list|activate|delete`: the registry's plugin versions, from the CLI.
 async fn plugin(repo: &Path, command: PluginCommand) -> Result<()> {
     use skewless::registry::{StoredPlugin, Upload, VersionSelector};
+    if let PluginCommand::New { name, dir } = &command {
+        let created = skewless::plugins::scaffold(dir, name)?;
+        println!("[OK] Created plugin crate {} (added to {}/Cargo.toml)", created.display(), dir.display());
+        println!("  cd {} && cargo test -p {name} && cargo build --release --target wasm32-wasip2", dir.display());
+        return Ok(());
+    }
     let config = Config::load(repo)?;
     let online = config
         .online_pool()
@@ -560,6 +578,7 @@ async fn plugin(repo: &Path, command: PluginCommand) -> Result<()> {
                 switched(&views)
             );
         }
+        PluginCommand::New { .. } => unreachable!("handled above"),
         PluginCommand::Delete { name, version } => {
             let v = registry
                 .delete_plugin(&name, &VersionSelector::parse(&version))

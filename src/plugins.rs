@@ -299,3 +299,64 @@ fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("skewless").join("plugins"))
 }
+
+/// Why `skewless plugin new` cannot scaffold.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    #[error("`{0}` is not a valid plugin name (letters, digits and underscores, starting with a letter)")]
+    InvalidName(String),
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+    #[error("{path}: {message}")]
+    Workspace { path: PathBuf, message: String },
+    #[error("cannot write {path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+/// Creates `<workspace>/<name>/` — a plugin crate that builds with `cargo build --release
+/// --target wasm32-wasip2` and passes its own test as is — and adds it to the plugins
+/// workspace's members. Returns the crate's folder.
+pub fn scaffold(workspace: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
+    if !crate::config::is_identifier(name) {
+        return Err(ScaffoldError::InvalidName(name.to_string()));
+    }
+    let manifest = workspace.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(|e| ScaffoldError::Workspace {
+        path: manifest.clone(),
+        message: format!("{e} (point --dir at the plugins workspace)"),
+    })?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().map_err(|e: toml_edit::TomlError| ScaffoldError::Workspace {
+            path: manifest.clone(),
+            message: e.to_string(),
+        })?;
+    let members = doc
+        .get_mut("workspace")
+        .and_then(|w| w.get_mut("members"))
+        .and_then(|m| m.as_array_mut())
+        .ok_or_else(|| ScaffoldError::Workspace {
+            path: manifest.clone(),
+            message: "no [workspace] members list".into(),
+        })?;
+    let dir = workspace.join(name);
+    if dir.exists() || members.iter().any(|m| m.as_str() == Some(name)) {
+        return Err(ScaffoldError::Exists(dir));
+    }
+    members.push(name);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| ScaffoldError::Io {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let fill = |template: &str| template.replace("{{name}}", name);
+    std::fs::create_dir_all(dir.join("src")).map_err(io(&dir))?;
+    let cargo = dir.join("Cargo.toml");
+    std::fs::write(&cargo, fill(include_str!("../templates/plugin/Cargo.toml.tmpl")))
+        .map_err(io(&cargo))?;
+    let lib = dir.join("src/lib.rs");
+    std::fs::write(&lib, fill(include_str!("../templates/plugin/lib.rs.tmpl"))).map_err(io(&lib))?;
+    std::fs::write(&manifest, doc.to_string()).map_err(io(&manifest))?;
+    Ok(dir)
+}

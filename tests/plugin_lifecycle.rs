@@ -1,7 +1,8 @@
 //! Plugin lifecycle: upload over HTTP (201, the same bytes 200, garbage 400, a plugin
 //! that no longer fits its view 409), activation of an older version (responses follow),
 //! deletion rules, the admin token, the CLI, and two servers sharing one database picking
-//! up an upload (the delay is measured) — under load, without a failed request.
+//! up an upload (the delay is measured) — under load (32 clients, 10 activations over
+//! 20 s), without a failed request.
 
 mod common;
 
@@ -231,7 +232,7 @@ async fn every_server_follows_an_upload_under_load() {
 
     // Load on server B while server A uploads and re-activates versions.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..8)
+    let load: Vec<_> = (0..32)
         .map(|_| {
             let client = b.client.clone();
             let url = b.url(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket,subs_profile_fv:months_active"));
@@ -265,7 +266,8 @@ async fn every_server_follows_an_upload_under_load() {
     eprintln!("server B switched {delay:?} after server A's upload answered");
     assert!(delay < Duration::from_secs(1), "{delay:?}");
 
-    // Ten activations back and forth under load: no failed request.
+    // Ten activations back and forth over 20 s under load (32 concurrent clients): no
+    // failed request.
     for i in 0..10 {
         let version = if i % 2 == 0 { "0.1.0" } else { "0.2.0" };
         let response = a
@@ -277,7 +279,7 @@ async fn every_server_follows_an_upload_under_load() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
@@ -285,7 +287,8 @@ async fn every_server_follows_an_upload_under_load() {
         let (ok, _) = task.await.unwrap();
         total += ok;
     }
-    assert!(total > 100, "{total} requests");
+    eprintln!("{total} requests during the activations, none failed");
+    assert!(total > 1000, "{total} requests");
     // The last activation was 0.2.0: both servers end on it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(tenure(&a, &user).await.starts_with("v2:"));
