@@ -21,7 +21,11 @@ fn read(path: std::path::PathBuf) -> Vec<u8> {
 }
 
 async fn setup() -> (TestDb, TempRepo, String) {
-    let (db, repo) = common::ingested_and_applied(40, |_| {}).await;
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(edit: impl FnOnce(&TempRepo)) -> (TestDb, TempRepo, String) {
+    let (db, repo) = common::ingested_and_applied(40, edit).await;
     skewless(repo.path(), &db)
         .args(["materialize", "2024-01-01", "2024-03-01"])
         .assert()
@@ -224,7 +228,18 @@ use predicates::prelude::PredicateBooleanExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_follows_an_upload_under_load() {
-    let (db, repo, user) = setup().await;
+    // A second view on the same plugin: a response asking for both must get both from
+    // the same version — a request never mixes two versions' outputs.
+    let (db, repo, user) = setup_with(|repo| {
+        let views = repo.read("on_demand_feature_views.yaml");
+        repo.write(
+            "on_demand_feature_views.yaml",
+            &format!(
+                "{views}\n  - name: tenure_twin_fv\n    plugin: tenure_bucket\n    sources: [subs_profile_fv]\n    schema:\n      - {{name: tenure_bucket, dtype: String}}\n"
+            ),
+        );
+    })
+    .await;
     let a = server(&repo, &db).await;
     let b = server(&repo, &db).await;
     let v1 = tenure(&b, &user).await;
@@ -235,7 +250,7 @@ async fn every_server_follows_an_upload_under_load() {
     let load: Vec<_> = (0..32)
         .map(|_| {
             let client = b.client.clone();
-            let url = b.url(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket,subs_profile_fv:months_active"));
+            let url = b.url(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket,tenure_twin_fv:tenure_bucket,subs_profile_fv:months_active&full_feature_names=true"));
             let stop = stop.clone();
             let v1 = v1.clone();
             tokio::spawn(async move {
@@ -244,8 +259,10 @@ async fn every_server_follows_an_upload_under_load() {
                     let response = client.get(&url).send().await.unwrap();
                     assert_eq!(response.status(), 200);
                     let body: Value = response.json().await.unwrap();
-                    let value = body["features"]["tenure_bucket"].as_str().unwrap();
+                    let value = body["features"]["tenure_bucket_fv__tenure_bucket"].as_str().unwrap();
+                    let twin = body["features"]["tenure_twin_fv__tenure_bucket"].as_str().unwrap();
                     assert!(value == v1 || value.starts_with("v2:"), "{value}");
+                    assert_eq!(value, twin, "one request, one version");
                     seen_v2 += value.starts_with("v2:") as u64;
                     ok += 1;
                 }
