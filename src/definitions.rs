@@ -805,22 +805,10 @@ impl Definitions {
                     ),
                 );
             }
-            let mut fields = BTreeSet::new();
+            for problem in field_name_problems(&v.schema) {
+                err(&v.file, object.clone(), problem);
+            }
             for f in &v.schema {
-                if !crate::config::is_identifier(&f.name) {
-                    err(
-                        &v.file,
-                        object.clone(),
-                        format!("field `{}` is not a valid column name", f.name),
-                    );
-                }
-                if !fields.insert(f.name.as_str()) {
-                    err(
-                        &v.file,
-                        object.clone(),
-                        format!("field `{}` is declared twice", f.name),
-                    );
-                }
                 let reserved = ["event_ts", "created_ts", "event_timestamp"];
                 if reserved.contains(&f.name.as_str())
                     || v.entities.iter().any(|e| {
@@ -895,22 +883,8 @@ impl Definitions {
                     ),
                 );
             }
-            let mut fields = BTreeSet::new();
-            for f in &v.schema {
-                if !crate::config::is_identifier(&f.name) {
-                    err(
-                        &v.file,
-                        object.clone(),
-                        format!("field `{}` is not a valid column name", f.name),
-                    );
-                }
-                if !fields.insert(f.name.as_str()) {
-                    err(
-                        &v.file,
-                        object.clone(),
-                        format!("field `{}` is declared twice", f.name),
-                    );
-                }
+            for problem in field_name_problems(&v.schema) {
+                err(&v.file, object.clone(), problem);
             }
         }
         for s in &self.feature_services {
@@ -1342,6 +1316,22 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// What is wrong with a schema's field names (each must be a column name, and unique):
+/// the same rules for stored and derived views, since both become columns.
+fn field_name_problems(schema: &[Field]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut problems = Vec::new();
+    for f in schema {
+        if !crate::config::is_identifier(&f.name) {
+            problems.push(format!("field `{}` is not a valid column name", f.name));
+        }
+        if !seen.insert(f.name.as_str()) {
+            problems.push(format!("field `{}` is declared twice", f.name));
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ impl PluginStore {
         if let Some(p) = self.loaded.lock().expect("not poisoned").get(&sha256) {
             return Ok(p.clone());
         }
-        let runtime = self.runtime().map_err(|reason| LoadError::NotAComponent {
+        let runtime = self.runtime().map_err(|reason| LoadError::Engine {
             plugin: label.to_string(),
             reason,
         })?;
