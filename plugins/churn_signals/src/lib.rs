@@ -2,22 +2,16 @@
 //! the `transformation` world of `wit/transform.wit`) deriving churn signals from
 //! `subs_profile_fv`, `usage_agg_30d_fv` and `payments_agg_90d_fv` features.
 //!
-//! This file is the WIT glue only: it finds the input columns by name, checks them, hands
-//! plain slices to [`signals::compute`] and wraps the result back into a batch. The
-//! formulas and the NULL rule are in [`signals`], the bitmap handling in [`columns`].
-//! Everything here also compiles natively, so `cargo test` exercises the same
-//! [`run`] that the exported `transform` calls.
+//! This file is the WIT glue only: it takes the input columns by name (checked by the
+//! [`skewless_plugin`] SDK), hands plain slices to [`signals::compute`] and wraps the
+//! result back into a batch. The formulas and the NULL rule are in [`signals`].
+//! Everything here also compiles natively, so `cargo test` exercises the same [`run`]
+//! that the exported `transform` calls.
 
-pub use plugin_columns as columns;
 pub mod signals;
 
-wit_bindgen::generate!({
-    world: "transformation",
-    path: "../../wit",
-});
-
-use columns::Col;
-use skewless::transform::types::{Column, Field, ValueType, Values};
+pub use skewless_plugin::columns;
+use skewless_plugin::{Batch, Guest, PluginInfo, ValueType, Values, column, output};
 
 /// The plugin's name, as definitions refer to it (and the prefix of its error messages).
 pub const NAME: &str = "churn_signals";
@@ -52,24 +46,11 @@ impl Guest for ChurnSignals {
     }
 }
 
-export!(ChurnSignals);
+skewless_plugin::export!(ChurnSignals);
 
 /// What `describe` returns.
 pub fn plugin_info() -> PluginInfo {
-    let fields = |list: &[(&str, ValueType)]| {
-        list.iter()
-            .map(|&(name, dtype)| Field {
-                name: name.to_string(),
-                dtype,
-            })
-            .collect()
-    };
-    PluginInfo {
-        name: NAME.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        inputs: fields(&INPUTS),
-        outputs: fields(&OUTPUTS),
-    }
+    skewless_plugin::plugin_info(NAME, env!("CARGO_PKG_VERSION"), &INPUTS, &OUTPUTS)
 }
 
 /// What `transform` returns: the outputs for every row of `input`, or an error naming the
@@ -77,19 +58,14 @@ pub fn plugin_info() -> PluginInfo {
 pub fn run(input: &Batch) -> Result<Batch, String> {
     let rows = input.rows as usize;
     let x = signals::Inputs {
-        months_active: column(input, "months_active", ValueType::Int64, as_int64)?,
-        monthly_fee: column(input, "monthly_fee", ValueType::Float32, as_float32)?,
-        watch_hours_30d: column(input, "watch_hours_30d", ValueType::Float32, as_float32)?,
-        skips_7d: column(input, "skips_7d", ValueType::Int64, as_int64)?,
-        rebuffer_events_7d: column(input, "rebuffer_events_7d", ValueType::Int64, as_int64)?,
-        failed_payments_90d: column(input, "failed_payments_90d", ValueType::Int64, as_int64)?,
+        months_active: column(NAME, input, "months_active")?,
+        monthly_fee: column(NAME, input, "monthly_fee")?,
+        watch_hours_30d: column(NAME, input, "watch_hours_30d")?,
+        skips_7d: column(NAME, input, "skips_7d")?,
+        rebuffer_events_7d: column(NAME, input, "rebuffer_events_7d")?,
+        failed_payments_90d: column(NAME, input, "failed_payments_90d")?,
     };
     let out = signals::compute(rows, &x);
-    let output = |name: &str, values, validity| Column {
-        name: name.to_string(),
-        values,
-        validity,
-    };
     Ok(Batch {
         rows: input.rows,
         columns: vec![
@@ -117,97 +93,11 @@ pub fn run(input: &Batch) -> Result<Batch, String> {
     })
 }
 
-/// The input column `name` of `batch`, checked: present once, of type `expected`
-/// (`pick` extracts that variant), one value per row, and a bitmap that is empty or covers
-/// every row.
-fn column<'a, T>(
-    batch: &'a Batch,
-    name: &str,
-    expected: ValueType,
-    pick: fn(&Values) -> Option<&[T]>,
-) -> Result<Col<'a, T>, String> {
-    let mut found = batch.columns.iter().filter(|c| c.name == name);
-    let c = match (found.next(), found.next()) {
-        (Some(c), None) => c,
-        (None, _) => return Err(format!("{NAME}: input column `{name}` is missing")),
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "{NAME}: input column `{name}` appears more than once"
-            ));
-        }
-    };
-    let Some(values) = pick(&c.values) else {
-        return Err(format!(
-            "{NAME}: input column `{name}` has type {}, expected {}",
-            type_name(dtype(&c.values)),
-            type_name(expected),
-        ));
-    };
-    let rows = batch.rows as usize;
-    if values.len() != rows {
-        return Err(format!(
-            "{NAME}: input column `{name}` has {} values, expected {rows} (the batch's rows)",
-            values.len(),
-        ));
-    }
-    let needed = columns::bitmap_len(rows);
-    if !c.validity.is_empty() && c.validity.len() < needed {
-        return Err(format!(
-            "{NAME}: input column `{name}` has a validity bitmap of {} bytes, expected none \
-             or at least {needed} for {rows} rows",
-            c.validity.len(),
-        ));
-    }
-    Ok(Col {
-        values,
-        validity: &c.validity,
-    })
-}
-
-fn as_int64(v: &Values) -> Option<&[i64]> {
-    match v {
-        Values::Int64(x) => Some(x),
-        _ => None,
-    }
-}
-
-fn as_float32(v: &Values) -> Option<&[f32]> {
-    match v {
-        Values::Float32(x) => Some(x),
-        _ => None,
-    }
-}
-
-/// The type of a column's values.
-pub fn dtype(v: &Values) -> ValueType {
-    match v {
-        Values::Int32(_) => ValueType::Int32,
-        Values::Int64(_) => ValueType::Int64,
-        Values::Float32(_) => ValueType::Float32,
-        Values::Float64(_) => ValueType::Float64,
-        Values::Bool(_) => ValueType::Bool,
-        Values::String(_) => ValueType::String,
-        Values::UnixTimestamp(_) => ValueType::UnixTimestamp,
-    }
-}
-
-/// A type's name as the WIT spells it.
-pub fn type_name(t: ValueType) -> &'static str {
-    match t {
-        ValueType::Int32 => "int32",
-        ValueType::Int64 => "int64",
-        ValueType::Float32 => "float32",
-        ValueType::Float64 => "float64",
-        ValueType::Bool => "bool",
-        ValueType::String => "string",
-        ValueType::UnixTimestamp => "unix-timestamp",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use columns::{bitmap_from_bools, is_valid};
+    use skewless_plugin::{Column, Field, dtype};
 
     fn col(name: &str, values: Values, validity: Vec<u8>) -> Column {
         Column {

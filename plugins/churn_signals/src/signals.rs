@@ -2,8 +2,11 @@
 //! computation with its NULL rule. `transform` (in `lib.rs`) only converts the WIT batch
 //! into [`Inputs`] and [`Outputs`] back into a WIT batch.
 //!
-//! NULL rule: an output is NULL in a row when any input it needs is NULL in that row; a
-//! NULL slot's value is never read. Which inputs each output needs:
+//! NULL rule: an output is NULL in a row when any input it needs is NULL in that row, and
+//! its slot then holds 0 / false. The formulas are total (no panic, no trap on any value),
+//! so each output is computed for every row in one branch-free loop (vectorized by the
+//! compiler) and the NULL slots are reset afterwards ([`Out::masked`]): a NULL slot's
+//! value never reaches an output. Which inputs each output needs:
 //!
 //! | output               | needs                                           |
 //! |----------------------|-------------------------------------------------|
@@ -15,7 +18,7 @@
 //! Floating point: the `Float32` inputs are widened with `as f64` (exact), then everything
 //! is computed in `f64`. A NaN input gives a NaN output (never hidden as a number).
 
-use plugin_columns::{Col, Out, all_valid, fill};
+use skewless_plugin::columns::{Col, Out, all_valid};
 
 /// Tenure from which a subscriber counts as long-standing (months, inclusive).
 pub const LONG_TENURE_MONTHS: i64 = 24;
@@ -62,10 +65,9 @@ pub fn is_long_tenure(months_active: i64) -> bool {
 /// feature, so it needs a new plugin version. Infinite watch time gives 1; NaN gives NaN.
 pub fn engagement_score(watch_hours_30d: f32, skips_7d: i64, rebuffer_events_7d: i64) -> f64 {
     let w = watch_hours_30d as f64;
-    if w.is_nan() {
-        return f64::NAN;
-    }
-    let w = w.max(0.0);
+    // Negative hours count as 0; NaN < 0.0 is false, so a NaN stays NaN (f64::max would
+    // turn it into 0). A select, not a branch: the loop stays vectorizable.
+    let w = if w < 0.0 { 0.0 } else { w };
     let watch = 1.0 - WATCH_HOURS_HALF / (w + WATCH_HOURS_HALF); // = w / (w + 10), and 1 at +inf
     let skips = skips_7d.max(0) as f64;
     let rebuffers = rebuffer_events_7d.max(0) as f64;
@@ -100,16 +102,32 @@ pub struct Outputs {
 
 /// Computes every output for `rows` rows, applying the NULL rule above.
 pub fn compute(rows: usize, x: &Inputs<'_>) -> Outputs {
-    let fee_per_watch_hour = fill(
-        rows,
+    // Slices of exactly `rows` values: the zipped loops below carry no bounds checks.
+    let months = &x.months_active.values[..rows];
+    let fee = &x.monthly_fee.values[..rows];
+    let hours = &x.watch_hours_30d.values[..rows];
+    let skips = &x.skips_7d.values[..rows];
+    let rebuffers = &x.rebuffer_events_7d.values[..rows];
+    let failed = &x.failed_payments_90d.values[..rows];
+
+    let fee_per_watch_hour = Out::masked(
+        fee.iter()
+            .zip(hours)
+            .map(|(&f, &h)| fee_per_watch_hour(f, h))
+            .collect(),
         all_valid(rows, &[x.monthly_fee.validity, x.watch_hours_30d.validity]),
-        |i| fee_per_watch_hour(x.monthly_fee.values[i], x.watch_hours_30d.values[i]),
     );
-    let is_long_tenure = fill(rows, all_valid(rows, &[x.months_active.validity]), |i| {
-        is_long_tenure(x.months_active.values[i])
-    });
-    let engagement_score = fill(
-        rows,
+    let is_long_tenure = Out::masked(
+        months.iter().map(|&m| is_long_tenure(m)).collect(),
+        all_valid(rows, &[x.months_active.validity]),
+    );
+    let engagement_score = Out::masked(
+        hours
+            .iter()
+            .zip(skips)
+            .zip(rebuffers)
+            .map(|((&h, &s), &r)| engagement_score(h, s, r))
+            .collect(),
         all_valid(
             rows,
             &[
@@ -118,18 +136,10 @@ pub fn compute(rows: usize, x: &Inputs<'_>) -> Outputs {
                 x.rebuffer_events_7d.validity,
             ],
         ),
-        |i| {
-            engagement_score(
-                x.watch_hours_30d.values[i],
-                x.skips_7d.values[i],
-                x.rebuffer_events_7d.values[i],
-            )
-        },
     );
-    let has_payment_issue = fill(
-        rows,
+    let has_payment_issue = Out::masked(
+        failed.iter().map(|&f| has_payment_issue(f)).collect(),
         all_valid(rows, &[x.failed_payments_90d.validity]),
-        |i| has_payment_issue(x.failed_payments_90d.values[i]),
     );
     Outputs {
         fee_per_watch_hour,
@@ -142,7 +152,7 @@ pub fn compute(rows: usize, x: &Inputs<'_>) -> Outputs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_columns::bitmap_from_bools;
+    use skewless_plugin::columns::bitmap_from_bools;
 
     #[test]
     fn fee_per_watch_hour_uses_the_f32_values_widened() {
@@ -233,7 +243,7 @@ mod tests {
         const ROWS: usize = 10;
         let null_at =
             |row: usize| bitmap_from_bools(&(0..ROWS).map(|i| i != row).collect::<Vec<_>>());
-        // NULL slots hold garbage that would change the result if it were read.
+        // NULL slots hold garbage; none of it may reach an output.
         let months = [30, 1, 2, 3, 4, 5, 6, 7, 8, 9_i64];
         let fee = [
             10.0, -99.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0_f32,

@@ -1,5 +1,5 @@
 //! Dense columns with Arrow-style validity bitmaps, as plain Rust (no WIT types), so the
-//! NULL handling is unit-tested natively.
+//! NULL handling is unit-tested natively on its own.
 //!
 //! A bitmap holds bit `i` (least significant bit first, byte `i / 8`) set when row `i`
 //! holds a value. An empty bitmap means "no NULLs". Bitmaps may be longer than
@@ -30,6 +30,30 @@ impl<'a, T> Col<'a, T> {
 pub struct Out<T> {
     pub values: Vec<T>,
     pub validity: Vec<u8>,
+}
+
+impl<T: Default> Out<T> {
+    /// An output computed for every row, NULL slots included, by a *total* formula (one
+    /// that cannot panic on any input value, e.g. arithmetic and comparisons): the NULL
+    /// slots of `validity` are then reset to `T::default()`. The formula's loop has no
+    /// per-row branch, so the compiler can vectorize it (wasm `simd128`); prefer [`fill`]
+    /// when the formula can fail or is costly.
+    pub fn masked(mut values: Vec<T>, validity: Vec<u8>) -> Self {
+        if !validity.is_empty() {
+            for (byte, &bits) in validity.iter().enumerate() {
+                if bits == 0xFF {
+                    continue;
+                }
+                for bit in 0..8 {
+                    let i = byte * 8 + bit;
+                    if bits >> bit & 1 == 0 && i < values.len() {
+                        values[i] = T::default();
+                    }
+                }
+            }
+        }
+        Out { values, validity }
+    }
 }
 
 impl<T> Out<T> {
@@ -154,6 +178,17 @@ mod tests {
         assert_eq!(all_valid(0, &[&[0x00]]), Vec::<u8>::new());
         // A padded input bitmap: the output is exactly ceil(rows / 8) bytes.
         assert_eq!(all_valid(3, &[&[0b0000_0101, 0xFF, 0xFF]]), [0b0000_0101]);
+    }
+
+    #[test]
+    fn masked_resets_null_slots_only() {
+        let validity = bitmap_from_bools(&[true, false, true, true, true, true, true, true, false, true]);
+        let out = Out::masked((1..=10).collect::<Vec<i64>>(), validity.clone());
+        assert_eq!(out.values, [1, 0, 3, 4, 5, 6, 7, 8, 0, 10]);
+        assert_eq!(out.validity, validity);
+        let dense = Out::masked(vec![1.5_f64, 2.5], Vec::new());
+        assert_eq!(dense.values, [1.5, 2.5]);
+        assert!(dense.validity.is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! a NULL slot's value is never read, so whatever it holds cannot fail the batch. A
 //! negative (non-NULL) `months_active` is an error for the whole batch, naming the row.
 
-use plugin_columns::{Col, Out, all_valid, fill};
+use skewless_plugin::columns::{Col, Out, all_valid, fill};
 
 /// Each bucket's first month (inclusive) and label, ascending; a bucket ends where the
 /// next begins, the last one is open-ended.
@@ -69,7 +69,7 @@ pub fn compute(rows: usize, months_active: Col<'_, i64>) -> Result<Out<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_columns::bitmap_from_bools;
+    use skewless_plugin::columns::bitmap_from_bools;
 
     #[test]
     fn bucket_boundaries() {

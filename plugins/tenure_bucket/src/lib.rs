@@ -1,22 +1,16 @@
 //! `tenure_bucket`: a skewless transformation plugin (a WebAssembly component exporting
 //! the `transformation` world of `wit/transform.wit`) bucketing `months_active`.
 //!
-//! This file is the WIT glue only: it finds the input column by name, checks it, hands a
-//! plain slice to [`buckets::compute`] and wraps the result back into a batch. The
-//! buckets and the NULL rule are in [`buckets`], the bitmap handling in [`columns`].
+//! This file is the WIT glue only: it takes the input column by name (checked by the
+//! [`skewless_plugin`] SDK), hands a plain slice to [`buckets::compute`] and wraps the
+//! result back into a batch. The buckets and the NULL rule are in [`buckets`].
 //! Everything here also compiles natively, so `cargo test` exercises the same [`run`]
 //! that the exported `transform` calls.
 
 pub mod buckets;
-pub use plugin_columns as columns;
 
-wit_bindgen::generate!({
-    world: "transformation",
-    path: "../../wit",
-});
-
-use columns::Col;
-use skewless::transform::types::{Column, Field, ValueType, Values};
+pub use skewless_plugin::columns;
+use skewless_plugin::{Batch, Guest, PluginInfo, ValueType, Values, column, output};
 
 /// The plugin's name, as definitions refer to it (and the prefix of its error messages).
 pub const NAME: &str = "tenure_bucket";
@@ -39,31 +33,18 @@ impl Guest for TenureBucket {
     }
 }
 
-export!(TenureBucket);
+skewless_plugin::export!(TenureBucket);
 
 /// What `describe` returns.
 pub fn plugin_info() -> PluginInfo {
-    let fields = |list: &[(&str, ValueType)]| {
-        list.iter()
-            .map(|&(name, dtype)| Field {
-                name: name.to_string(),
-                dtype,
-            })
-            .collect()
-    };
-    PluginInfo {
-        name: NAME.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        inputs: fields(&INPUTS),
-        outputs: fields(&OUTPUTS),
-    }
+    skewless_plugin::plugin_info(NAME, env!("CARGO_PKG_VERSION"), &INPUTS, &OUTPUTS)
 }
 
 /// What `transform` returns: the bucket of every row of `input`, or an error naming the
 /// offending column or row. Columns other than the input are ignored.
 pub fn run(input: &Batch) -> Result<Batch, String> {
     let rows = input.rows as usize;
-    let months_active = column(input, "months_active", ValueType::Int64, as_int64)?;
+    let months_active = column(NAME, input, "months_active")?;
     let out = buckets::compute(rows, months_active).map_err(|e| {
         format!(
             "{NAME}: row {}: months_active is {}, expected a tenure >= 0 months",
@@ -72,98 +53,19 @@ pub fn run(input: &Batch) -> Result<Batch, String> {
     })?;
     Ok(Batch {
         rows: input.rows,
-        columns: vec![Column {
-            name: "tenure_bucket".to_string(),
-            values: Values::String(out.values),
-            validity: out.validity,
-        }],
+        columns: vec![output(
+            "tenure_bucket",
+            Values::String(out.values),
+            out.validity,
+        )],
     })
-}
-
-/// The input column `name` of `batch`, checked: present once, of type `expected`
-/// (`pick` extracts that variant), one value per row, and a bitmap that is empty or covers
-/// every row.
-fn column<'a, T>(
-    batch: &'a Batch,
-    name: &str,
-    expected: ValueType,
-    pick: fn(&Values) -> Option<&[T]>,
-) -> Result<Col<'a, T>, String> {
-    let mut found = batch.columns.iter().filter(|c| c.name == name);
-    let c = match (found.next(), found.next()) {
-        (Some(c), None) => c,
-        (None, _) => return Err(format!("{NAME}: input column `{name}` is missing")),
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "{NAME}: input column `{name}` appears more than once"
-            ));
-        }
-    };
-    let Some(values) = pick(&c.values) else {
-        return Err(format!(
-            "{NAME}: input column `{name}` has type {}, expected {}",
-            type_name(dtype(&c.values)),
-            type_name(expected),
-        ));
-    };
-    let rows = batch.rows as usize;
-    if values.len() != rows {
-        return Err(format!(
-            "{NAME}: input column `{name}` has {} values, expected {rows} (the batch's rows)",
-            values.len(),
-        ));
-    }
-    let needed = columns::bitmap_len(rows);
-    if !c.validity.is_empty() && c.validity.len() < needed {
-        return Err(format!(
-            "{NAME}: input column `{name}` has a validity bitmap of {} bytes, expected none \
-             or at least {needed} for {rows} rows",
-            c.validity.len(),
-        ));
-    }
-    Ok(Col {
-        values,
-        validity: &c.validity,
-    })
-}
-
-fn as_int64(v: &Values) -> Option<&[i64]> {
-    match v {
-        Values::Int64(x) => Some(x),
-        _ => None,
-    }
-}
-
-/// The type of a column's values.
-pub fn dtype(v: &Values) -> ValueType {
-    match v {
-        Values::Int32(_) => ValueType::Int32,
-        Values::Int64(_) => ValueType::Int64,
-        Values::Float32(_) => ValueType::Float32,
-        Values::Float64(_) => ValueType::Float64,
-        Values::Bool(_) => ValueType::Bool,
-        Values::String(_) => ValueType::String,
-        Values::UnixTimestamp(_) => ValueType::UnixTimestamp,
-    }
-}
-
-/// A type's name as the WIT spells it.
-pub fn type_name(t: ValueType) -> &'static str {
-    match t {
-        ValueType::Int32 => "int32",
-        ValueType::Int64 => "int64",
-        ValueType::Float32 => "float32",
-        ValueType::Float64 => "float64",
-        ValueType::Bool => "bool",
-        ValueType::String => "string",
-        ValueType::UnixTimestamp => "unix-timestamp",
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use columns::bitmap_from_bools;
+    use skewless_plugin::{Column, dtype};
 
     fn col(name: &str, values: Values, validity: Vec<u8>) -> Column {
         Column {
