@@ -53,6 +53,7 @@ pub(super) fn plugin_info(raw: wit::PluginInfo) -> Result<PluginInfo, String> {
 }
 
 /// A batch as the plugin receives it (moved, not copied; the boundary copies once).
+/// [`from_lent`] moves it back afterwards.
 pub(super) fn to_wit(batch: Batch) -> wit::Batch {
     wit::Batch {
         rows: batch.rows as u32,
@@ -71,6 +72,36 @@ pub(super) fn to_wit(batch: Batch) -> wit::Batch {
                     Values::Timestamp(v) => wit::Values::UnixTimestamp(v),
                 },
                 validity: c.validity.map(|v| v.into_bytes()).unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// The batch [`to_wit`] made, moved back into host columns (`dtypes`: the original
+/// columns' types, which the WIT variants do not all carry). Infallible: these are the
+/// host's own columns, which the call only borrowed.
+pub(super) fn from_lent(batch: wit::Batch, dtypes: &[ValueType]) -> Batch {
+    let rows = batch.rows as usize;
+    Batch {
+        rows,
+        columns: batch
+            .columns
+            .into_iter()
+            .zip(dtypes)
+            .map(|(c, &dtype)| Column {
+                name: c.name,
+                dtype,
+                values: match c.values {
+                    wit::Values::Int32(v) => Values::Int32(v),
+                    wit::Values::Int64(v) => Values::Int64(v),
+                    wit::Values::Float32(v) => Values::Float32(v),
+                    wit::Values::Float64(v) => Values::Float64(v),
+                    wit::Values::Bool(v) => Values::Bool(v),
+                    wit::Values::String(v) => Values::String(v),
+                    wit::Values::UnixTimestamp(v) => Values::Timestamp(v),
+                },
+                validity: (!c.validity.is_empty())
+                    .then(|| Validity::from_bytes(c.validity, rows).expect("the host's own bitmap")),
             })
             .collect(),
     }

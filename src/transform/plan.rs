@@ -170,7 +170,7 @@ impl FeaturePlan {
 
     /// Whether no plugin runs (the base columns are the answer).
     pub fn is_identity(&self) -> bool {
-        self.steps.is_empty() && self.base.len() == self.requested.len()
+        self.steps.is_empty()
     }
 
     /// The plugins this plan runs.
@@ -207,24 +207,47 @@ impl FeaturePlan {
         budget: Duration,
     ) -> Result<Vec<Column>, TransformError> {
         debug_assert_eq!(base.len(), self.base.len());
+        // Base columns are lent to each plugin (moved in under the plugin's input names,
+        // moved back afterwards), never copied on the host side.
+        let mut base: Vec<Option<Column>> = base.into_iter().map(Some).collect();
         let mut outputs: Vec<Vec<Option<Column>>> = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
-            let input = Batch {
+            let mut input = Batch {
                 rows,
-                columns: step
-                    .inputs
-                    .iter()
-                    .map(|(i, name)| {
-                        let mut column = base[*i].clone();
-                        column.name.clone_from(name);
-                        column
-                    })
-                    .collect(),
+                columns: Vec::with_capacity(step.inputs.len()),
             };
-            let out = step.plugin.transform(input, budget).await?;
-            outputs.push(out.columns.into_iter().map(Some).collect());
+            // Per input column: the base slot and name it was lent from (`None`: a copy).
+            let mut lent: Vec<Option<(usize, String)>> = Vec::with_capacity(step.inputs.len());
+            for (i, name) in &step.inputs {
+                let column = match base[*i].take() {
+                    Some(mut column) => {
+                        let original = std::mem::replace(&mut column.name, name.clone());
+                        lent.push(Some((*i, original)));
+                        column
+                    }
+                    // The same base column under a second input name: that one is a copy.
+                    None => {
+                        let k = lent
+                            .iter()
+                            .position(|l| matches!(l, Some((j, _)) if j == i))
+                            .expect("lent above");
+                        let mut column = input.columns[k].clone();
+                        column.name.clone_from(name);
+                        lent.push(None);
+                        column
+                    }
+                };
+                input.columns.push(column);
+            }
+            let result = step.plugin.transform(&mut input, budget).await;
+            for (lent, mut column) in lent.into_iter().zip(input.columns) {
+                if let Some((i, name)) = lent {
+                    column.name = name;
+                    base[i] = Some(column);
+                }
+            }
+            outputs.push(result?.columns.into_iter().map(Some).collect());
         }
-        let mut base: Vec<Option<Column>> = base.into_iter().map(Some).collect();
         let mut result = Vec::with_capacity(self.requested.len());
         for (f, slot) in self.requested.iter().zip(&self.slots) {
             let mut column = match *slot {
