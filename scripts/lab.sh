@@ -44,10 +44,14 @@ cleanup() {
 trap cleanup EXIT
 
 say() { printf '%s\n' "$*" | tee -a "$out"; }
-# Runs a command, quoting it (as typed, with `skewless` for the binary) and its output.
-run() {
+# Runs a command, quoting it and its output. `shown "AS TYPED" cmd…` quotes AS TYPED
+# instead (the lab's own paths rather than this run's temporary ones).
+run() { shown "$*" "$@"; }
+shown() {
+  local typed="$1"
+  shift
   say ""
-  say "\$ $*"
+  say "\$ $typed"
   "$@" 2>&1 | tee -a "$out"
   return "${PIPESTATUS[0]}"
 }
@@ -71,18 +75,21 @@ say "# skewless lab transcript ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(skewless --ver
 say "# data: the course CSVs (month_000 = 2024-01-31, month_001 = 2024-02-29)"
 
 # ---- Mise en place: ingest, apply ----
-run skewless ingest --seeds "$seeds/month_000" --as-of 2024-01-31
-run skewless ingest --seeds "$seeds/month_001" --as-of 2024-02-29
+shown "skewless ingest --seeds \$STREAMFLOW_SEEDS/month_000 --as-of 2024-01-31" \
+  skewless ingest --seeds "$seeds/month_000" --as-of 2024-01-31
+shown "skewless ingest --seeds \$STREAMFLOW_SEEDS/month_001 --as-of 2024-02-29" \
+  skewless ingest --seeds "$seeds/month_001" --as-of 2024-02-29
 run skewless apply
-run skewless apply | tail -n 2
+run skewless apply
 run skewless registry
 
 # ---- Récupération offline: the training set ----
 mkdir -p "$work/data/processed"
 csv="$work/data/processed/training_df.csv"
-run skewless historical \
-  --entity-sql "SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'" \
-  --feature-service churn_training_v1 --label churn_label --out "$csv"
+entity_sql="SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'"
+(cd "$work" && shown "skewless historical --entity-sql \"$entity_sql\" --feature-service churn_training_v1 --label churn_label --out data/processed/training_df.csv" \
+  skewless --repo "$root/feature_repo" historical --entity-sql "$entity_sql" \
+  --feature-service churn_training_v1 --label churn_label --out data/processed/training_df.csv)
 say ""
 say "\$ head -5 data/processed/training_df.csv"
 head -5 "$csv" | tee -a "$out"
@@ -97,10 +104,9 @@ expect "rows with churn_label true" "$churners" 1869
 expect "7590-VHVEG's row" "$(grep '^7590-VHVEG,' "$csv")" \
   "7590-VHVEG,2024-01-31T00:00:00Z,1,29.85,true,24.48365,29.141045,1,false"
 # The training set of derived features too (what the plugins compute offline).
-run skewless historical \
-  --entity-sql "SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'" \
-  --features churn_signals_fv:fee_per_watch_hour,churn_signals_fv:engagement_score,tenure_bucket_fv:tenure_bucket \
-  --out "$work/derived.csv"
+derived=churn_signals_fv:fee_per_watch_hour,churn_signals_fv:engagement_score,tenure_bucket_fv:tenure_bucket
+(cd "$work" && shown "skewless historical --entity-sql \"$entity_sql\" --features $derived --out derived.csv" \
+  skewless --repo "$root/feature_repo" historical --entity-sql "$entity_sql" --features "$derived" --out derived.csv)
 say ""
 say "\$ head -3 derived.csv; cat derived.csv.meta.json"
 head -3 "$work/derived.csv" | tee -a "$out"
@@ -171,7 +177,9 @@ run skewless plugin list
 # ---- Hot reload: serve --dev watches the repo; a new feature service appears live ----
 cp -r feature_repo "$work/repo"
 dev_port="$(free_port)"
-skewless --repo "$work/repo" serve --dev --addr "127.0.0.1:$dev_port" > "$work/dev.log" 2>&1 &
+# The copy's plugins are this checkout's (plugins.dir is relative to the repo otherwise).
+SKEWLESS_PLUGINS__DIR="$root/plugins/target/wasm32-wasip2/release" \
+  skewless --repo "$work/repo" serve --dev --addr "127.0.0.1:$dev_port" > "$work/dev.log" 2>&1 &
 pids+=($!)
 wait_ready "$dev_port"
 say ""
@@ -198,7 +206,7 @@ done
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 say "\$ curl -s 'localhost:8000/features/7590-VHVEG?feature_service=churn_lab_v2'   # no restart"
 python3 -m json.tool < "$work/reload.json" | tee -a "$out"
-expect "the new service after the reload" "$code" 200
+[ "$code" = 200 ] || { cat "$work/dev.log" >&2; fail "the new service after the reload: HTTP $code"; }
 echo "  (served ${elapsed_ms} ms after the file was written)" >&2
 
 say ""

@@ -605,9 +605,12 @@ async fn list_registry(repo: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    println!("{:<16} {:<28} {:>7}", "KIND", "NAME", "VERSION");
+    // Columns as wide as their widest entry.
+    let kind = objects.iter().map(|(o, _)| o.noun.len()).max().unwrap_or(0).max(4);
+    let name = objects.iter().map(|(o, _)| o.name.len()).max().unwrap_or(0).max(4);
+    println!("{:<kind$}  {:<name$}  {:>7}", "KIND", "NAME", "VERSION");
     for (object, version) in objects {
-        println!("{:<16} {:<28} {:>7}", object.noun, object.name, version);
+        println!("{:<kind$}  {:<name$}  {:>7}", object.noun, object.name, version);
     }
     Ok(())
 }
