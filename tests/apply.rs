@@ -105,8 +105,19 @@ async fn apply_twice_then_nothing_to_change() {
         .assert()
         .success();
     let out = stdout(&listed);
-    assert!(out.contains("feature view     subs_profile_fv"), "{out}");
-    assert!(out.contains("feature service  churn_serving_v1"), "{out}");
+    // Columns are as wide as their widest entry: compare words, not spacing.
+    let rows: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for row in [
+        "KIND NAME VERSION",
+        "feature view subs_profile_fv 1",
+        "feature service churn_serving_v1 1",
+        "on-demand feature view churn_signals_fv 1",
+    ] {
+        assert!(rows.iter().any(|r| r == row), "no `{row}` in:\n{out}");
+    }
 }
 
 #[tokio::test]
