@@ -1,6 +1,8 @@
 //! Per-row cost of a derived-feature plugin: the churn_signals component run by the
-//! skewless host (fresh sandboxed instance per call, batch copied in and out, output
-//! checked) against the very same Rust compiled natively and called directly.
+//! skewless host (a reused or a fresh sandboxed instance per call, the batch lent to it
+//! and copied into and out of the instance, output checked) against the very same Rust
+//! compiled natively and called directly; and (`call_mode`) async calls against
+//! spawn_blocking.
 //!
 //! `cargo bench --bench transform` (after scripts/build-plugins.sh). Criterion reports
 //! time per batch and elements/s; reports/benchmarks.md turns them into ns per row.

@@ -37,23 +37,37 @@ mkdir -p "$(dirname "$out")"
 : > "$out"
 pids=()
 cleanup() {
+  local status=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # On failure, the servers' logs say why.
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/*.log; do
+      [ -f "$log" ] && { echo "---- $(basename "$log") (last 40 lines)" >&2; tail -n 40 "$log" >&2; }
+    done
+  fi
   psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say() { printf '%s\n' "$*" | tee -a "$out"; }
-# Runs a command, quoting it and its output. `shown "AS TYPED" cmd…` quotes AS TYPED
-# instead (the lab's own paths rather than this run's temporary ones).
+# Runs a command, quoting it and its output (a failing command fails the script: pipefail).
+# `shown "AS TYPED" cmd…` quotes AS TYPED instead (the lab's own paths rather than this
+# run's temporary ones). The output is also kept in $last for checks.
+last=""
 run() { shown "$*" "$@"; }
 shown() {
   local typed="$1"
   shift
   say ""
   say "\$ $typed"
-  "$@" 2>&1 | tee -a "$out"
-  return "${PIPESTATUS[0]}"
+  last="$("$@" 2>&1)" || { printf '%s\n' "$last" >&2; fail "\`$typed\` failed"; }
+  printf '%s\n' "$last" | tee -a "$out"
+}
+# expect_line DESCRIPTION LINE: $last holds LINE, exactly.
+expect_line() {
+  grep -qxF -- "$2" <<<"$last" || fail "$1: no line '$2' in:"$'\n'"$last"
+  echo "  ok: $1" >&2
 }
 fail() { echo "lab.sh: FAILED: $*" >&2; exit 1; }
 expect() { # expect DESCRIPTION ACTUAL WANTED
@@ -80,7 +94,10 @@ shown "skewless ingest --seeds \$STREAMFLOW_SEEDS/month_000 --as-of 2024-01-31" 
 shown "skewless ingest --seeds \$STREAMFLOW_SEEDS/month_001 --as-of 2024-02-29" \
   skewless ingest --seeds "$seeds/month_001" --as-of 2024-02-29
 run skewless apply
+expect_line "first apply creates the views" "Created feature view subs_profile_fv"
 run skewless apply
+expect_line "second apply: registry unchanged" "No changes to registry"
+expect_line "second apply: infrastructure unchanged" "No changes to infrastructure"
 run skewless registry
 
 # ---- Récupération offline: the training set ----
@@ -112,10 +129,21 @@ say "\$ head -3 derived.csv; cat derived.csv.meta.json"
 head -3 "$work/derived.csv" | tee -a "$out"
 tee -a "$out" < "$work/derived.csv.meta.json"
 say ""
-offline_fee="$(grep '^7590-VHVEG,' "$work/derived.csv" | cut -d, -f3)"
+offline_row="$(grep '^7590-VHVEG,' "$work/derived.csv")"
+expect "7590-VHVEG's derived row" "$offline_row" \
+  "7590-VHVEG,2024-01-31T00:00:00Z,1.2191809688696686,0.5378844682207344,0-5"
+expect "derived training set rows" "$(($(wc -l < "$work/derived.csv") - 1))" 7043
+expect "plugins recorded with the training set" \
+  "$(json '",".join(p["name"] + "@" + p["version"] for p in d["plugins"])' < "$work/derived.csv.meta.json")" \
+  "churn_signals@0.1.0,tenure_bucket@0.1.0"
+offline_fee="$(cut -d, -f3 <<<"$offline_row")"
+offline_engagement="$(cut -d, -f4 <<<"$offline_row")"
 
 # ---- Récupération online: materialize, CLI, HTTP ----
 run skewless materialize 2024-01-01T00:00:00 2024-02-01T00:00:00
+for view in payments_agg_90d_fv subs_profile_fv support_agg_90d_fv usage_agg_30d_fv; do
+  expect_line "materialized $view" "$view: 7043 rows"
+done
 run skewless online 7590-VHVEG --features subs_profile_fv:months_active,subs_profile_fv:monthly_fee,subs_profile_fv:paperless_billing
 online="$(skewless online 7590-VHVEG --features subs_profile_fv:months_active,subs_profile_fv:monthly_fee,subs_profile_fv:paperless_billing)"
 expect "online months_active" "$(awk '$1 == "months_active" {print $2}' <<<"$online")" 1
@@ -137,6 +165,8 @@ python3 -m json.tool <<<"$body" | tee -a "$out"
 expect "HTTP monthly_fee" "$(json 'd["features"]["monthly_fee"]' <<<"$body")" 29.85
 expect "HTTP months_active status" "$(json 'd["statuses"]["months_active"]' <<<"$body")" PRESENT
 expect "HTTP fee_per_watch_hour = the training set's" "$(json 'repr(d["features"]["fee_per_watch_hour"])' <<<"$body")" "$offline_fee"
+expect "HTTP engagement_score = the training set's" "$(json 'repr(d["features"]["engagement_score"])' <<<"$body")" "$offline_engagement"
+expect "HTTP tenure_bucket" "$(json 'd["features"]["tenure_bucket"]' <<<"$body")" "0-5"
 expect "features served" "$(json 'len(d["features"])' <<<"$body")" 19
 
 say ""
@@ -151,15 +181,20 @@ expect "unknown user: values" \
 
 say ""
 say "\$ curl -s 'localhost:8000/features/7590-VHVEG?features=subs_profile_fv:nope'"
-curl -sS "$url/features/7590-VHVEG?features=subs_profile_fv:nope" | tee -a "$out"
-say ""
+nope="$(curl -sS -w ' HTTP %{http_code}' "$url/features/7590-VHVEG?features=subs_profile_fv:nope")"
+say "${nope% HTTP *}"
+expect "unknown feature: HTTP status" "${nope##* HTTP }" 400
+expect "unknown feature: code" "$(json 'd["code"]' <<<"${nope% HTTP *}")" UNKNOWN_FEATURE
 
 # ---- A plugin upload, then a rollback, over HTTP (every server sharing the DB follows) ----
 tenure() { curl -fsS "$url/features/7590-VHVEG?features=tenure_bucket_fv:tenure_bucket" | json 'd["features"]["tenure_bucket"]'; }
 say ""
 say "\$ curl -s -X POST -H 'Authorization: Bearer ...' --data-binary @tenure_v2.wasm localhost:8000/plugins"
-curl -fsS -X POST -H "Authorization: Bearer lab-token" -H 'Content-Type: application/wasm' \
-  --data-binary @tests/hostile_plugin/out/tenure_v2.wasm "$url/plugins" | python3 -m json.tool | tee -a "$out"
+uploaded="$(curl -fsS -X POST -H "Authorization: Bearer lab-token" -H 'Content-Type: application/wasm' \
+  --data-binary @tests/hostile_plugin/out/tenure_v2.wasm "$url/plugins")"
+python3 -m json.tool <<<"$uploaded" | tee -a "$out"
+expect "uploaded version" "$(json 'd["version"]' <<<"$uploaded")" 0.2.0
+expect "views switched by the upload" "$(json 'd["views_switched"]' <<<"$uploaded")" "['tenure_bucket_fv']"
 say ""
 say "\$ curl -s 'localhost:8000/features/7590-VHVEG?features=tenure_bucket_fv:tenure_bucket'"
 v2="$(tenure)"
@@ -173,6 +208,11 @@ v1="$(tenure)"
 say "tenure_bucket = $v1"
 expect "tenure_bucket after the rollback to 0.1.0" "$v1" "0-5"
 run skewless plugin list
+# The active version (the `*` line) of each plugin's section, and what stays stored.
+active() { awk -v p="$1" '$0 == p {f = 1; next} /^[^ ]/ {f = 0} f && /^  \* / {print $2}' <<<"$last"; }
+expect "active tenure_bucket after the rollback" "$(active tenure_bucket)" 0.1.0
+expect "active churn_signals" "$(active churn_signals)" 0.1.0
+grep -qE '^    0\.2\.0 ' <<<"$last" || fail "plugin list: tenure_bucket 0.2.0 should stay stored"
 
 # ---- Hot reload: serve --dev watches the repo; a new feature service appears live ----
 cp -r feature_repo "$work/repo"
@@ -185,8 +225,10 @@ wait_ready "$dev_port"
 say ""
 say "\$ skewless serve --dev &   # watches feature_repo/*.yaml and the plugins folder"
 say "\$ curl -s 'localhost:8000/features/7590-VHVEG?feature_service=churn_lab_v2'"
-curl -sS "http://127.0.0.1:$dev_port/features/7590-VHVEG?feature_service=churn_lab_v2" | tee -a "$out"
-say ""
+before="$(curl -sS -w ' HTTP %{http_code}' "http://127.0.0.1:$dev_port/features/7590-VHVEG?feature_service=churn_lab_v2")"
+say "${before% HTTP *}"
+expect "before the edit: HTTP status" "${before##* HTTP }" 400
+expect "before the edit: code" "$(json 'd["code"]' <<<"${before% HTTP *}")" UNKNOWN_FEATURE_SERVICE
 cat >> "$work/repo/feature_services.yaml" <<'EOF'
   - name: churn_lab_v2
     features:
@@ -199,15 +241,18 @@ tail -n 5 "$work/repo/feature_services.yaml" | tee -a "$out"
 start=$(date +%s%N)
 for _ in $(seq 1 100); do
   code="$(curl -s -o "$work/reload.json" -w '%{http_code}' \
-    "http://127.0.0.1:$dev_port/features/7590-VHVEG?feature_service=churn_lab_v2")"
+    "http://127.0.0.1:$dev_port/features/7590-VHVEG?feature_service=churn_lab_v2" || true)"
   [ "$code" = 200 ] && break
   sleep 0.05
 done
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ "$code" = 200 ] || fail "the new service after the reload: HTTP $code: $(cat "$work/reload.json" 2>/dev/null)"
 say "\$ curl -s 'localhost:8000/features/7590-VHVEG?feature_service=churn_lab_v2'   # no restart"
 python3 -m json.tool < "$work/reload.json" | tee -a "$out"
-[ "$code" = 200 ] || { cat "$work/dev.log" >&2; fail "the new service after the reload: HTTP $code"; }
-echo "  (served ${elapsed_ms} ms after the file was written)" >&2
+expect "after the reload: features" "$(json 'list(d["features"])' < "$work/reload.json")" \
+  "['months_active', 'monthly_fee', 'engagement_score']"
+expect "after the reload: engagement_score" "$(json 'repr(d["features"]["engagement_score"])' < "$work/reload.json")" "$offline_engagement"
+say "# served ${elapsed_ms} ms after the file was written (polled every 50 ms)"
 
 say ""
 say "# all checks passed"

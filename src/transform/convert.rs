@@ -81,17 +81,14 @@ pub(super) fn to_wit(batch: Batch) -> wit::Batch {
 /// columns' types, which the WIT variants do not all carry). Infallible: these are the
 /// host's own columns, which the call only borrowed.
 pub(super) fn from_lent(batch: wit::Batch, dtypes: &[ValueType]) -> Batch {
-    let rows = batch.rows as usize;
     Batch {
-        rows,
+        rows: batch.rows as usize,
         columns: batch
             .columns
             .into_iter()
             .zip(dtypes)
-            .map(|(c, &dtype)| Column {
-                name: c.name,
-                dtype,
-                values: match c.values {
+            .map(|(c, &dtype)| {
+                let values = match c.values {
                     wit::Values::Int32(v) => Values::Int32(v),
                     wit::Values::Int64(v) => Values::Int64(v),
                     wit::Values::Float32(v) => Values::Float32(v),
@@ -99,9 +96,18 @@ pub(super) fn from_lent(batch: wit::Batch, dtypes: &[ValueType]) -> Batch {
                     wit::Values::Bool(v) => Values::Bool(v),
                     wit::Values::String(v) => Values::String(v),
                     wit::Values::UnixTimestamp(v) => Values::Timestamp(v),
-                },
-                validity: (!c.validity.is_empty())
-                    .then(|| Validity::from_bytes(c.validity, rows).expect("the host's own bitmap")),
+                };
+                // The bitmap was made from this column's own validity, so it covers the
+                // column's values whatever `rows` says.
+                let len = values.len();
+                Column {
+                    name: c.name,
+                    dtype,
+                    validity: (!c.validity.is_empty()).then(|| {
+                        Validity::from_bytes(c.validity, len).expect("the column's own bitmap")
+                    }),
+                    values,
+                }
             })
             .collect(),
     }

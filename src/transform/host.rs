@@ -585,7 +585,8 @@ impl Plugin {
     ///
     /// `input` is lent, not consumed: its columns cross the boundary without a host-side
     /// copy (the canonical ABI copies them into the instance once) and are back in
-    /// `input` when this returns, whatever the outcome.
+    /// `input` when this returns, whatever the outcome. (If the future is dropped before
+    /// it completes, `input` is left empty: callers lend a batch they own.)
     pub async fn transform(&self, input: &mut Batch, budget: Duration) -> Result<Batch, TransformError> {
         let name = self.info.name.as_str();
         let rows = input.rows;

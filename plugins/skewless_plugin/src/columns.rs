@@ -39,6 +39,10 @@ impl<T: Default> Out<T> {
     /// per-row branch, so the compiler can vectorize it (wasm `simd128`); prefer [`fill`]
     /// when the formula can fail or is costly.
     pub fn masked(mut values: Vec<T>, validity: Vec<u8>) -> Self {
+        debug_assert!(
+            validity.is_empty() || validity.len() == bitmap_len(values.len()),
+            "a normalized bitmap (see all_valid)"
+        );
         if !validity.is_empty() {
             for (byte, &bits) in validity.iter().enumerate() {
                 if bits == 0xFF {
