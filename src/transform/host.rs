@@ -228,6 +228,10 @@ impl Runtime {
         pool.total_memories(256);
         pool.total_tables(256);
         pool.total_core_instances(512);
+        // One fiber stack per running call, like the instances. (wasmtime's default, 1000
+        // stacks, costs a guard-page mprotect each when the engine starts: ~5 ms of a
+        // one-shot CLI run.)
+        pool.total_stacks(256);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
