@@ -464,12 +464,7 @@ async fn plan_or_apply(repo: &Path, apply: bool) -> Result<()> {
         .offline_pool()
         .await
         .context("cannot connect to the offline store")?;
-    let online = repo
-        .config
-        .online_pool()
-        .await
-        .context("cannot connect to the online store")?;
-    let registry = Registry::new(online, &repo.config);
+    let registry = open_registry(&repo.config).await?;
     let store = PluginStore::new(&repo.config.plugins, &repo.dir)?;
     let plan: Plan = repo.apply(&offline, &registry, &store, apply).await?;
     if apply {
@@ -494,11 +489,7 @@ async fn plugin(repo: &Path, command: PluginCommand) -> Result<()> {
         return Ok(());
     }
     let config = Config::load(repo)?;
-    let online = config
-        .online_pool()
-        .await
-        .context("cannot connect to the online store (registry)")?;
-    let registry = Registry::new(online, &config);
+    let registry = open_registry(&config).await?;
     let switched = |views: &[String]| {
         if views.is_empty() {
             String::new()
@@ -590,13 +581,18 @@ async fn plugin(repo: &Path, command: PluginCommand) -> Result<()> {
     Ok(())
 }
 
-async fn list_registry(repo: &Path) -> Result<()> {
-    let config = Config::load(repo)?;
+/// The registry, over a pool on the online store (`Registry::pool` for the online tables).
+async fn open_registry(config: &Config) -> Result<Registry> {
     let online = config
         .online_pool()
         .await
-        .context("cannot connect to the online store")?;
-    let registry = Registry::new(online, &config);
+        .context("cannot connect to the online store (registry)")?;
+    Ok(Registry::new(online, config))
+}
+
+async fn list_registry(repo: &Path) -> Result<()> {
+    let config = Config::load(repo)?;
+    let registry = open_registry(&config).await?;
     let objects = registry.list().await?;
     if objects.is_empty() {
         println!(
@@ -733,11 +729,7 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
 
     let repo = FeatureRepo::load(repo)?;
     let config = &repo.config;
-    let online = config
-        .online_pool()
-        .await
-        .context("cannot connect to the online store (registry)")?;
-    let registry = Registry::new(online, config);
+    let registry = open_registry(config).await?;
     let defs = registry.load().await?;
     if defs.feature_views.is_empty() {
         anyhow::bail!(
@@ -907,11 +899,7 @@ async fn online(
 ) -> Result<()> {
     use skewless::online::read::OnlineQuery;
     let config = Config::load(repo)?;
-    let pool = config
-        .online_pool()
-        .await
-        .context("cannot connect to the online store")?;
-    let registry = Registry::new(pool.clone(), &config);
+    let registry = open_registry(&config).await?;
     let defs = registry.load().await?;
     let selected = match (features.is_empty(), feature_service) {
         (false, _) => defs.select_feature_strings(features, false)?,
@@ -925,7 +913,7 @@ async fn online(
         .load_applied_for(&registry, &defs, |v| selected.iter().any(|f| f.view == v))
         .await?;
     let query = OnlineQuery::new(&config, &defs, &plugins, selected)?;
-    let result = query.read(&pool, &[id.to_string()]).await?;
+    let result = query.read(registry.pool(), &[id.to_string()]).await?;
     let width = result
         .values
         .columns
