@@ -6,17 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, config};
+use common::server::{TestServer, config, tenure};
 use common::{hostile_plugins_dir, plugins_dir, skewless};
 use serde_json::Value;
-
-async fn tenure(server: &TestServer, user: &str) -> String {
-    let (status, body) = server
-        .get_json(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket"))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["features"]["tenure_bucket"].as_str().unwrap().to_string()
-}
 
 /// Polls until `done` holds (at most `within`); returns how long it took.
 async fn until(within: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {

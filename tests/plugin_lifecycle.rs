@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, config};
+use common::server::{TestServer, config, tenure};
 use common::{TestDb, TempRepo, hostile_plugins_dir, plugins_dir, skewless};
 use serde_json::{Value, json};
 
@@ -46,6 +46,20 @@ async fn server(repo: &TempRepo, db: &TestDb) -> TestServer {
     TestServer::start(config).await
 }
 
+/// `POST /plugins/tenure_bucket/activate` for `version`, with the admin token; the status.
+async fn activate(server: &TestServer, version: &str) -> u16 {
+    server
+        .client
+        .post(server.url("/plugins/tenure_bucket/activate"))
+        .bearer_auth(TOKEN)
+        .body(format!(r#"{{"version": "{version}"}}"#))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn upload(server: &TestServer, bytes: Vec<u8>, token: Option<&str>) -> (u16, Value) {
     let mut request = server.client.post(server.url("/plugins")).body(bytes);
     if let Some(t) = token {
@@ -53,14 +67,6 @@ async fn upload(server: &TestServer, bytes: Vec<u8>, token: Option<&str>) -> (u1
     }
     let response = request.send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn tenure(server: &TestServer, user: &str) -> String {
-    let (status, body) = server
-        .get_json(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket"))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["features"]["tenure_bucket"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,27 +142,11 @@ async fn upload_activate_and_delete_over_http() {
     assert_eq!(response.status(), 409);
     let body: Value = response.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("used by tenure_bucket_fv"), "{body}");
-    let response = server
-        .client
-        .post(server.url("/plugins/tenure_bucket/activate"))
-        .bearer_auth(TOKEN)
-        .body(r#"{"version": "0.1.0"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(activate(&server, "0.1.0").await, 200);
     assert_eq!(tenure(&server, &user).await, v1);
     let response = delete("0.2.0").await.unwrap();
     assert_eq!(response.status(), 204);
-    let response = server
-        .client
-        .post(server.url("/plugins/tenure_bucket/activate"))
-        .bearer_auth(TOKEN)
-        .body(r#"{"version": "0.2.0"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(activate(&server, "0.2.0").await, 404);
 
     // The training set follows the active version too.
     let response = server
@@ -287,15 +277,7 @@ async fn every_server_follows_an_upload_under_load() {
     // failed request.
     for i in 0..10 {
         let version = if i % 2 == 0 { "0.1.0" } else { "0.2.0" };
-        let response = a
-            .client
-            .post(a.url("/plugins/tenure_bucket/activate"))
-            .bearer_auth(TOKEN)
-            .body(format!(r#"{{"version": "{version}"}}"#))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(activate(&a, version).await, 200);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -162,3 +162,13 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// The `tenure_bucket` feature `server` serves for `user`: the plugin tests' probe of which
+/// `tenure_bucket` version is active (0.1.0 gives buckets like "0-5", 0.2.0 "v2:<years>").
+pub async fn tenure(server: &TestServer, user: &str) -> String {
+    let (status, body) = server
+        .get_json(&format!("/features/{user}?features=tenure_bucket_fv:tenure_bucket"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["features"]["tenure_bucket"].as_str().unwrap().to_string()
+}
