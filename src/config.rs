@@ -399,6 +399,32 @@ impl Config {
             .await
     }
 
+    /// One connection on the offline store, for a command that runs one thing after
+    /// another (`skewless historical`): a second connection would only cost another
+    /// backend start (a few ms), a visible share of a small training set.
+    pub async fn offline_connection_pool(&self) -> Result<PgPool, sqlx::Error> {
+        pool_options(&self.offline_store)
+            .max_connections(1)
+            .connect_with(self.offline_connect_options())
+            .await
+    }
+
+    /// Whether both stores are one database reached as one user (`DATABASE_URL`, or the
+    /// same settings), so that the registry can be read over the offline connection.
+    pub fn stores_share_database(&self) -> bool {
+        let (online, offline) = (
+            self.online_connect_options(),
+            self.offline_connect_options(),
+        );
+        online.get_host() == offline.get_host()
+            && online.get_port() == offline.get_port()
+            && online.get_socket() == offline.get_socket()
+            && online.get_database() == offline.get_database()
+            && online.get_username() == offline.get_username()
+            && (self.database_url.is_some()
+                || self.online_store.password == self.offline_store.password)
+    }
+
     /// Opens a pool on the online store (and registry).
     pub async fn online_pool(&self) -> Result<PgPool, sqlx::Error> {
         pool_options(&self.online_store)

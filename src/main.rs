@@ -729,7 +729,17 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
 
     let repo = FeatureRepo::load(repo)?;
     let config = &repo.config;
-    let registry = open_registry(config).await?;
+    let offline = config
+        .offline_connection_pool()
+        .await
+        .context("cannot connect to the offline store")?;
+    // The registry's tables are schema-qualified: when both stores are one database, the
+    // whole command runs over that one connection.
+    let registry = if config.stores_share_database() {
+        Registry::new(offline.clone(), config)
+    } else {
+        open_registry(config).await?
+    };
     let defs = registry.load().await?;
     if defs.feature_views.is_empty() {
         anyhow::bail!(
@@ -766,10 +776,6 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires one of them"),
     };
-    let offline = config
-        .offline_pool()
-        .await
-        .context("cannot connect to the offline store")?;
     let request = HistoricalRequest {
         entities,
         features,

@@ -50,6 +50,14 @@ data_sources:
   - name: b_source
     query: SELECT user_id, as_of, flag, label FROM b_rows
     timestamp_field: as_of
+  # One table, two timestamp types: `timestamp` (UTC wall time) and `date` with a ttl
+  # that ends mid-day (the time-span bounds of the query must not cut either wrongly).
+  - name: c_at
+    query: SELECT user_id, at, z FROM c_rows
+    timestamp_field: at
+  - name: c_day
+    query: SELECT user_id, day, w FROM c_rows
+    timestamp_field: day
 feature_views:
   - name: va
     entities: [user]
@@ -61,6 +69,16 @@ feature_views:
     source: b_source
     ttl: 0
     schema: [{name: flag, dtype: Bool}, {name: label, dtype: String}]
+  - name: vc
+    entities: [user]
+    source: c_at
+    ttl: 1d
+    schema: [{name: z, dtype: Int64}]
+  - name: vd
+    entities: [user]
+    source: c_day
+    ttl: 36h
+    schema: [{name: w, dtype: Int64}]
 "#;
 
 #[derive(Clone, Debug)]
@@ -80,6 +98,16 @@ struct BRow {
     label: Option<String>,
 }
 
+/// A row of `c_rows`: (user, at) and (user, day) are each unique.
+#[derive(Clone, Debug)]
+struct CRow {
+    user: String,
+    at: chrono::NaiveDateTime,
+    day: chrono::NaiveDate,
+    z: Option<i64>,
+    w: Option<i64>,
+}
+
 fn render_f32(v: f32) -> String {
     let mut s = String::new();
     skewless::batch::write_f32(v, &mut s);
@@ -90,6 +118,7 @@ fn render_f32(v: f32) -> String {
 fn reference(
     a: &[ARow],
     b: &[BRow],
+    c: &[CRow],
     entities: &[(String, DateTime<Utc>)],
 ) -> Vec<Vec<Option<String>>> {
     let ttl = Duration::days(3);
@@ -113,6 +142,21 @@ fn reference(
                     &r.user == user && r.as_of.and_hms_opt(0, 0, 0).unwrap().and_utc() <= *t
                 })
                 .max_by_key(|r| r.as_of);
+            // `timestamp` is UTC wall time; a date is its midnight, UTC.
+            let best_c = c
+                .iter()
+                .filter(|r| {
+                    let at = r.at.and_utc();
+                    &r.user == user && at <= *t && at >= *t - Duration::days(1)
+                })
+                .max_by_key(|r| r.at);
+            let best_d = c
+                .iter()
+                .filter(|r| {
+                    let day = r.day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+                    &r.user == user && day <= *t && day >= *t - Duration::hours(36)
+                })
+                .max_by_key(|r| r.day);
             vec![
                 Some(user.clone()),
                 Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
@@ -120,6 +164,8 @@ fn reference(
                 best_a.and_then(|r| r.y).map(render_f32),
                 best_b.and_then(|r| r.flag).map(|v| v.to_string()),
                 best_b.and_then(|r| r.label.clone()),
+                best_c.and_then(|r| r.z).map(|v| v.to_string()),
+                best_d.and_then(|r| r.w).map(|v| v.to_string()),
             ]
         })
         .collect()
@@ -137,20 +183,24 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
     let base = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
     let features = defs
         .select_feature_strings(
-            &["va:x", "va:y", "vb:flag", "vb:label"].map(String::from),
+            &["va:x", "va:y", "vb:flag", "vb:label", "vc:z", "vd:w"].map(String::from),
             false,
         )
         .unwrap();
     let mut total_rows = 0;
     for case in 0..24u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(case);
-        sqlx::query("DROP TABLE IF EXISTS a_rows, b_rows")
+        sqlx::query("DROP TABLE IF EXISTS a_rows, b_rows, c_rows")
             .execute(&pool)
             .await
             .unwrap();
         sqlx::query("CREATE TABLE a_rows (user_id text, ts timestamptz, created timestamptz, x int8, y float8)")
             .execute(&pool).await.unwrap();
         sqlx::query("CREATE TABLE b_rows (user_id text, as_of date, flag bool, label text)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE c_rows (user_id text, at timestamp, day date, z int8, w int8)")
             .execute(&pool)
             .await
             .unwrap();
@@ -219,6 +269,34 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
                 .unwrap();
             b.push(row);
         }
+        let mut c: Vec<CRow> = Vec::new();
+        for _ in 0..rng.random_range(0..40) {
+            let user = users[rng.random_range(0..users.len())].clone();
+            let at = base.naive_utc() + Duration::hours(6 * rng.random_range(0..44));
+            let day = base.date_naive() + Duration::days(rng.random_range(0..11));
+            if c.iter()
+                .any(|r| r.user == user && (r.at == at || r.day == day))
+            {
+                continue;
+            }
+            let row = CRow {
+                user,
+                at,
+                day,
+                z: rng.random_bool(0.9).then(|| rng.random_range(0..1000)),
+                w: rng.random_bool(0.9).then(|| rng.random_range(0..1000)),
+            };
+            sqlx::query("INSERT INTO c_rows VALUES ($1, $2, $3, $4, $5)")
+                .bind(&row.user)
+                .bind(row.at)
+                .bind(row.day)
+                .bind(row.z)
+                .bind(row.w)
+                .execute(&pool)
+                .await
+                .unwrap();
+            c.push(row);
+        }
         skewless::offline::check_sources(&pool, &defs)
             .await
             .unwrap();
@@ -259,9 +337,18 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
         let (names, rows) = collect(set).await;
         assert_eq!(
             names,
-            ["user_id", "event_timestamp", "x", "y", "flag", "label"]
+            [
+                "user_id",
+                "event_timestamp",
+                "x",
+                "y",
+                "flag",
+                "label",
+                "z",
+                "w"
+            ]
         );
-        let expected = reference(&a, &b, &entities);
+        let expected = reference(&a, &b, &c, &entities);
         assert_eq!(rows.len(), expected.len(), "case {case}: row count");
         for (i, (got, want)) in rows.iter().zip(&expected).enumerate() {
             assert_eq!(got, want, "case {case}, entity row {i}: {:?}", entities[i]);
