@@ -842,6 +842,9 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
             std::fs::rename(&partial, &out)
                 .with_context(|| format!("cannot move the result to {}", out.display()))?;
             println!("[OK] Wrote {} with {written} rows", out.display());
+            // The query's transaction commits while the file is written: wait for it to
+            // end cleanly before the process does.
+            offline.close().await;
             Ok(())
         }
         Err(e) => {

@@ -178,10 +178,16 @@ pub async fn start(
         let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
         match result {
             Ok(()) => {
-                let _ = tx.commit().await;
+                // Every row is out: the consumer sees the end now, not after the commit
+                // (which only drops the temporary table; the rows do not depend on it).
+                drop(sender);
+                if let Err(e) = tx.commit().await {
+                    tracing::warn!(error = %e, "commit after a training set failed");
+                }
             }
             Err(StreamEnd::Failed(e)) => {
                 let _ = sender.send(Err(e)).await;
+                drop(sender);
                 let _ = tx.rollback().await;
             }
             Err(StreamEnd::Abandoned) => {
