@@ -516,6 +516,38 @@ async fn formats_empty_sets_and_entity_files() {
         .success()
         .stdout(predicate::str::contains("with 0 rows"));
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
+
+    // Infinite event timestamps (only entity SQL can make them) bound nothing: the finite
+    // row beside them still finds its January snapshot.
+    let out = dir.path().join("infinite.csv");
+    let sql = format!(
+        "SELECT user_id, ts AS event_timestamp FROM subscriptions_profile_snapshots,
+                unnest(ARRAY['-infinity', '2024-02-15', 'infinity']::timestamptz[]) AS ts
+         WHERE as_of = '2024-01-31' AND user_id = '{}'",
+        ids[0]
+    );
+    skewless(repo.path(), &db)
+        .args(["historical", "--entity-sql", &sql])
+        .args(["--features", "subs_profile_fv:months_active", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("with 3 rows"));
+    let january: i64 = sqlx::query_scalar(
+        "SELECT months_active FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31' AND user_id = $1",
+    )
+    .bind(&ids[0])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert!(rows[0].ends_with(','), "-infinity: before any data ({})", rows[0]);
+    assert!(
+        rows[1].ends_with(&format!(",{january}")),
+        "2024-02-15: January's value ({})",
+        rows[1]
+    );
 }
 
 #[tokio::test]

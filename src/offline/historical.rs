@@ -360,10 +360,11 @@ async fn prepare(
 /// offline stores do with the entity dataframe's timestamp range) lets PostgreSQL drop
 /// them while it scans the source, before they reach the join. With training sets cut at
 /// one date while newer snapshots exist, that is most of the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A side is `None` when it bounds nothing: no entity rows, or an infinite timestamp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventSpan {
-    pub first: DateTime<Utc>,
-    pub last: DateTime<Utc>,
+    pub first: Option<DateTime<Utc>>,
+    pub last: Option<DateTime<Utc>>,
 }
 
 /// Gives the planner statistics on the entity rows and reads their [`EventSpan`], in one
@@ -372,19 +373,21 @@ pub struct EventSpan {
 /// rows. The entity SQL's statement timeout ends here: the join is not user SQL.
 async fn analyze_entities(
     tx: &mut Transaction<'static, Postgres>,
-) -> Result<Option<EventSpan>, HistoricalError> {
+) -> Result<EventSpan, HistoricalError> {
     let row = (&mut **tx)
         .fetch_one(sqlx::raw_sql(
             "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL default_statistics_target = 10;
              ANALYZE skewless_entities;
-             SELECT min(event_timestamp), max(event_timestamp) FROM skewless_entities",
+             SELECT CASE WHEN isfinite(min(event_timestamp)) THEN min(event_timestamp) END,
+                    CASE WHEN isfinite(max(event_timestamp)) THEN max(event_timestamp) END
+             FROM skewless_entities",
         ))
         .await?;
-    let first: Option<DateTime<Utc>> = row.try_get(0)?;
-    let last: Option<DateTime<Utc>> = row.try_get(1)?;
-    Ok(first
-        .zip(last)
-        .map(|(first, last)| EventSpan { first, last }))
+    // A side chrono cannot hold (beyond year 262143) bounds nothing either.
+    Ok(EventSpan {
+        first: row.try_get(0).ok().flatten(),
+        last: row.try_get(1).ok().flatten(),
+    })
 }
 
 /// Runs the training-set query under `EXPLAIN (ANALYZE, BUFFERS)` instead of returning
@@ -497,7 +500,7 @@ pub fn join_sql(
     defs: &Definitions,
     key: &str,
     features: &[&SelectedFeature],
-    span: Option<EventSpan>,
+    span: EventSpan,
 ) -> String {
     let mut order: Vec<&str> = Vec::new();
     for f in features {
@@ -538,17 +541,14 @@ pub fn join_sql(
         // A date reads the literal's day, which only loosens the lower bound; the exact
         // conditions above still decide.
         let raw_ts = format!("s.{}", ident(&source.timestamp_field));
-        if let Some(span) = span {
-            if let Some(last) = timestamp_literal(span.last) {
-                conditions.push(format!("{raw_ts} <= {last}"));
-            }
-            let first = view.ttl_seconds.and_then(|ttl| {
-                let ttl = chrono::TimeDelta::try_seconds(i64::try_from(ttl).ok()?)?;
-                span.first.checked_sub_signed(ttl)
-            });
-            if let Some(first) = first.and_then(timestamp_literal) {
-                conditions.push(format!("{raw_ts} >= {first}"));
-            }
+        if let Some(last) = span.last.and_then(timestamp_literal) {
+            conditions.push(format!("{raw_ts} <= {last}"));
+        }
+        let first = span.first.zip(view.ttl_seconds).and_then(|(first, ttl)| {
+            first.checked_sub_signed(chrono::TimeDelta::try_seconds(i64::try_from(ttl).ok()?)?)
+        });
+        if let Some(first) = first.and_then(timestamp_literal) {
+            conditions.push(format!("{raw_ts} >= {first}"));
         }
         // Ordering by the columns as they are: the casts to timestamptz (in UTC) keep
         // the order, and cost a conversion per row.
@@ -787,7 +787,7 @@ feature_views:
   - {name: ancient, entities: [user], source: daily, ttl: 3000000d, schema: [{name: x, dtype: Int64}]}
 "#;
 
-    fn sql(features: &[&str], span: Option<EventSpan>) -> String {
+    fn sql(features: &[&str], span: EventSpan) -> String {
         let defs = Definitions::parse(&[SourceFile {
             name: "defs.yaml",
             text: DEFS,
@@ -805,14 +805,14 @@ feature_views:
 
     fn span() -> EventSpan {
         EventSpan {
-            first: Utc.with_ymd_and_hms(2024, 1, 10, 6, 0, 0).unwrap(),
-            last: Utc.with_ymd_and_hms(2024, 1, 31, 12, 30, 0).unwrap(),
+            first: Some(Utc.with_ymd_and_hms(2024, 1, 10, 6, 0, 0).unwrap()),
+            last: Some(Utc.with_ymd_and_hms(2024, 1, 31, 12, 30, 0).unwrap()),
         }
     }
 
     #[test]
     fn sources_are_bounded_by_the_entity_rows_span_minus_the_ttl() {
-        let sql = sql(&["recent:x", "forever:y"], Some(span()));
+        let sql = sql(&["recent:x", "forever:y"], span());
         assert!(
             sql.contains(r#"s."day" <= '2024-01-31 12:30:00.000000+00'"#),
             "{sql}"
@@ -836,15 +836,25 @@ feature_views:
 
     #[test]
     fn no_span_or_an_unspellable_bound_means_no_bound() {
-        let sql_none = sql(&["recent:x"], None);
+        let sql_none = sql(&["recent:x"], EventSpan::default());
         assert!(!sql_none.contains("+00'"), "{sql_none}");
         // 3,000,000 days before 2024 is before year 1: left out, not mangled.
-        let sql_ancient = sql(&["ancient:x"], Some(span()));
+        let sql_ancient = sql(&["ancient:x"], span());
         assert!(
             sql_ancient.contains(r#"s."day" <= '2024-01-31"#),
             "{sql_ancient}"
         );
         assert!(!sql_ancient.contains(r#"s."day" >="#), "{sql_ancient}");
+        // An infinite last timestamp (entity SQL can return one) leaves the top open.
+        let open_end = sql(
+            &["recent:x"],
+            EventSpan {
+                last: None,
+                ..span()
+            },
+        );
+        assert!(!open_end.contains(r#"s."day" <="#), "{open_end}");
+        assert!(open_end.contains(r#"s."day" >= '2024-01-09"#), "{open_end}");
     }
 
     #[test]
