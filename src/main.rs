@@ -817,6 +817,13 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
             written += batch.rows as u64;
             progress.inc(batch.rows as u64);
         }
+        // One row per entity row, or the training set is incomplete (a task that died
+        // without a word): never rename a short file into place.
+        anyhow::ensure!(
+            written == set.rows,
+            "the training set ended after {written} of {} rows",
+            set.rows
+        );
         writer
             .finish()?
             .into_inner()
@@ -842,9 +849,10 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
             std::fs::rename(&partial, &out)
                 .with_context(|| format!("cannot move the result to {}", out.display()))?;
             println!("[OK] Wrote {} with {written} rows", out.display());
-            // The query's transaction commits while the file is written: wait for it to
-            // end cleanly before the process does.
-            offline.close().await;
+            // The query's transaction commits while the file is written: give it a
+            // moment to end cleanly before the process does (it only drops a temporary
+            // table; PostgreSQL rolls it back if the connection goes first).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), offline.close()).await;
             Ok(())
         }
         Err(e) => {

@@ -370,13 +370,18 @@ pub struct EventSpan {
 /// Gives the planner statistics on the entity rows and reads their [`EventSpan`], in one
 /// round trip. A small sample is enough (the joins need the row count and how distinct
 /// the keys are, not fine histograms) and is ~6× cheaper than the default one at 100k
-/// rows. The entity SQL's statement timeout ends here: the join is not user SQL.
+/// rows. The entity SQL's statement timeout ends here (back to the database's own
+/// setting: the join is not user SQL), and whatever the entity SQL did to the session's
+/// time zone or date style (`set_config` is allowed in a READ ONLY transaction) is undone:
+/// the join's casts, the span's bounds and the text the span is read from all assume UTC
+/// and ISO.
 async fn analyze_entities(
     tx: &mut Transaction<'static, Postgres>,
 ) -> Result<EventSpan, HistoricalError> {
     let row = (&mut **tx)
         .fetch_one(sqlx::raw_sql(
-            "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL default_statistics_target = 10;
+            "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL TimeZone = 'UTC';
+             SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL default_statistics_target = 10;
              ANALYZE skewless_entities;
              SELECT CASE WHEN isfinite(min(event_timestamp)) THEN min(event_timestamp) END,
                     CASE WHEN isfinite(max(event_timestamp)) THEN max(event_timestamp) END
@@ -384,9 +389,16 @@ async fn analyze_entities(
         ))
         .await?;
     // A side chrono cannot hold (beyond year 262143) bounds nothing either.
+    let side = |i: usize| match row.try_get::<Option<DateTime<Utc>>, _>(i) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(error = %e, "entity time span left open on one side");
+            None
+        }
+    };
     Ok(EventSpan {
-        first: row.try_get(0).ok().flatten(),
-        last: row.try_get(1).ok().flatten(),
+        first: side(0),
+        last: side(1),
     })
 }
 
@@ -537,9 +549,10 @@ pub fn join_sql(
         }
         // The span's bounds compare the source column as it is, against an untyped
         // literal that PostgreSQL reads as the column's own type (date, timestamp or
-        // timestamptz): no cast per row, and the column's statistics and indexes apply.
-        // A date reads the literal's day, which only loosens the lower bound; the exact
-        // conditions above still decide.
+        // timestamptz, as `apply` checked): no cast per row, and the column's statistics
+        // and indexes apply. A date reads the literal's day, which only loosens the lower
+        // bound; the exact conditions above still decide. (A source whose timestamp
+        // column has since changed type must be applied again, which checks it anew.)
         let raw_ts = format!("s.{}", ident(&source.timestamp_field));
         if let Some(last) = span.last.and_then(timestamp_literal) {
             conditions.push(format!("{raw_ts} <= {last}"));

@@ -146,9 +146,11 @@ pub async fn historical(
         .join(", ");
     // Each batch is encoded and sent as it arrives; when the client goes away the body
     // stream is dropped, with it the receiver, and the query is cancelled.
+    // A stream that ends short of `rows` (a task that died without a word) ends the body
+    // with an error, so the client sees a broken transfer, never a short training set.
     let stream = futures::stream::unfold(
-        (Some(writer), set.batches),
-        |(writer, mut batches)| async move {
+        (Some(writer), set.batches, 0u64),
+        move |(writer, mut batches, written)| async move {
             let mut writer = writer?;
             match batches.recv().await {
                 Some(Ok(batch)) => {
@@ -156,15 +158,24 @@ pub async fn historical(
                         .write(&batch)
                         .map(|()| Bytes::from(std::mem::take(writer.get_mut())))
                         .map_err(std::io::Error::other);
-                    Some((chunk, (Some(writer), batches)))
+                    Some((chunk, (Some(writer), batches, written + batch.rows as u64)))
                 }
-                Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), (None, batches))),
+                Some(Err(e)) => Some((
+                    Err(std::io::Error::other(e.to_string())),
+                    (None, batches, written),
+                )),
+                None if written != rows => Some((
+                    Err(std::io::Error::other(format!(
+                        "the training set ended after {written} of {rows} rows"
+                    ))),
+                    (None, batches, written),
+                )),
                 None => {
                     let tail = writer
                         .finish()
                         .map(Bytes::from)
                         .map_err(std::io::Error::other);
-                    Some((tail, (None, batches)))
+                    Some((tail, (None, batches, written)))
                 }
             }
         },
