@@ -548,6 +548,35 @@ async fn formats_empty_sets_and_entity_files() {
         "2024-02-15: January's value ({})",
         rows[1]
     );
+
+    // Entity SQL may change the session's time zone (set_config is allowed in a READ ONLY
+    // transaction); the join still reads dates as UTC midnights. At 05:00Z on Feb 29,
+    // February's snapshot is eligible in UTC; in Los Angeles it would start at 08:00Z.
+    let out = dir.path().join("zone.csv");
+    let sql = format!(
+        "SELECT user_id, TIMESTAMPTZ '2024-02-29 05:00:00+00' AS event_timestamp
+         FROM subscriptions_profile_snapshots
+         WHERE as_of = '2024-02-29' AND user_id = '{}'
+           AND set_config('TimeZone', 'America/Los_Angeles', true) IS NOT NULL",
+        ids[0]
+    );
+    skewless(repo.path(), &db)
+        .args(["historical", "--entity-sql", &sql])
+        .args(["--features", "subs_profile_fv:months_active", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let february: i64 = sqlx::query_scalar(
+        "SELECT months_active FROM subscriptions_profile_snapshots WHERE as_of = '2024-02-29' AND user_id = $1",
+    )
+    .bind(&ids[0])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_ne!(february, january, "the test needs the two months to differ");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let row = text.lines().nth(1).unwrap();
+    assert!(row.ends_with(&format!(",{february}")), "February's value ({row})");
 }
 
 #[tokio::test]
