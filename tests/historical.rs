@@ -519,29 +519,38 @@ async fn formats_empty_sets_and_entity_files() {
 
     // Infinite event timestamps (only entity SQL can make them) bound nothing: the finite
     // row beside them still finds its January snapshot.
-    let out = dir.path().join("infinite.csv");
-    let sql = format!(
-        "SELECT user_id, ts AS event_timestamp FROM subscriptions_profile_snapshots,
-                unnest(ARRAY['-infinity', '2024-02-15', 'infinity']::timestamptz[]) AS ts
-         WHERE as_of = '2024-01-31' AND user_id = '{}'",
-        ids[0]
+    // One user's months_active, through `historical --entity-sql` and in the snapshot.
+    let months_active_set = |name: &str, sql: String, rows: usize| {
+        let out = dir.path().join(name);
+        skewless(repo.path(), &db)
+            .args(["historical", "--entity-sql", &sql])
+            .args(["--features", "subs_profile_fv:months_active", "--out"])
+            .arg(&out)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!("with {rows} rows")));
+        let text = std::fs::read_to_string(&out).unwrap();
+        text.lines().skip(1).map(String::from).collect::<Vec<_>>()
+    };
+    let snapshot = |as_of: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT months_active FROM subscriptions_profile_snapshots WHERE as_of = $1::date AND user_id = $2",
+        )
+        .bind(as_of)
+        .bind(&ids[0])
+        .fetch_one(&pool)
+    };
+    let rows = months_active_set(
+        "infinite.csv",
+        format!(
+            "SELECT user_id, ts AS event_timestamp FROM subscriptions_profile_snapshots,
+                    unnest(ARRAY['-infinity', '2024-02-15', 'infinity']::timestamptz[]) AS ts
+             WHERE as_of = '2024-01-31' AND user_id = '{}'",
+            ids[0]
+        ),
+        3,
     );
-    skewless(repo.path(), &db)
-        .args(["historical", "--entity-sql", &sql])
-        .args(["--features", "subs_profile_fv:months_active", "--out"])
-        .arg(&out)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("with 3 rows"));
-    let january: i64 = sqlx::query_scalar(
-        "SELECT months_active FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31' AND user_id = $1",
-    )
-    .bind(&ids[0])
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let january = snapshot("2024-01-31").await.unwrap();
     assert!(rows[0].ends_with(','), "-infinity: before any data ({})", rows[0]);
     assert!(
         rows[1].ends_with(&format!(",{january}")),
@@ -552,30 +561,20 @@ async fn formats_empty_sets_and_entity_files() {
     // Entity SQL may change the session's time zone (set_config is allowed in a READ ONLY
     // transaction); the join still reads dates as UTC midnights. At 05:00Z on Feb 29,
     // February's snapshot is eligible in UTC; in Los Angeles it would start at 08:00Z.
-    let out = dir.path().join("zone.csv");
-    let sql = format!(
-        "SELECT user_id, TIMESTAMPTZ '2024-02-29 05:00:00+00' AS event_timestamp
-         FROM subscriptions_profile_snapshots
-         WHERE as_of = '2024-02-29' AND user_id = '{}'
-           AND set_config('TimeZone', 'America/Los_Angeles', true) IS NOT NULL",
-        ids[0]
+    let rows = months_active_set(
+        "zone.csv",
+        format!(
+            "SELECT user_id, TIMESTAMPTZ '2024-02-29 05:00:00+00' AS event_timestamp
+             FROM subscriptions_profile_snapshots
+             WHERE as_of = '2024-02-29' AND user_id = '{}'
+               AND set_config('TimeZone', 'America/Los_Angeles', true) IS NOT NULL",
+            ids[0]
+        ),
+        1,
     );
-    skewless(repo.path(), &db)
-        .args(["historical", "--entity-sql", &sql])
-        .args(["--features", "subs_profile_fv:months_active", "--out"])
-        .arg(&out)
-        .assert()
-        .success();
-    let february: i64 = sqlx::query_scalar(
-        "SELECT months_active FROM subscriptions_profile_snapshots WHERE as_of = '2024-02-29' AND user_id = $1",
-    )
-    .bind(&ids[0])
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let february = snapshot("2024-02-29").await.unwrap();
     assert_ne!(february, january, "the test needs the two months to differ");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let row = text.lines().nth(1).unwrap();
+    let row = &rows[0];
     assert!(row.ends_with(&format!(",{february}")), "February's value ({row})");
 }
 
