@@ -20,8 +20,8 @@ use skewless::repo::{FeatureRepo, RepoError};
 /// mimalloc: the server allocates small, short-lived buffers per request, where glibc's
 /// malloc showed up at ~10% of the server's CPU under load. Built with `no_thp`: asked for
 /// transparent huge pages, it had the kernel zero a 2 MiB page for each thread's first
-/// allocations — most of a short command's CPU (`perf`: `clear_page_erms`, ~3 ms of a
-/// 50 ms training set) and +10 MB of server RSS, for no throughput gain.
+/// allocations — half of a short command's CPU samples (`perf`: `clear_page_erms`; ~3 ms
+/// of a 50 ms training set) and +10 MB of server RSS, for no throughput gain.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

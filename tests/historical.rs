@@ -576,6 +576,35 @@ async fn formats_empty_sets_and_entity_files() {
     assert_ne!(february, january, "the test needs the two months to differ");
     let row = &rows[0];
     assert!(row.ends_with(&format!(",{february}")), "February's value ({row})");
+
+    // A NULL key (only entity SQL can return one) keeps its row, with NULL features, in
+    // every view: the views are joined row for row, so one view losing it would lose it.
+    let out = dir.path().join("null-key.csv");
+    skewless(repo.path(), &db)
+        .args([
+            "historical",
+            "--entity-sql",
+            &format!(
+                "SELECT u AS user_id, TIMESTAMPTZ '2024-01-31 00:00:00+00' AS event_timestamp
+                 FROM unnest(ARRAY['{id}', NULL, '{id}']::text[]) WITH ORDINALITY AS t(u, n)
+                 ORDER BY n",
+                id = ids[0]
+            ),
+        ])
+        .args(["--features", "subs_profile_fv:months_active,usage_agg_30d_fv:skips_7d"])
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("with 3 rows"));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows[1], ",2024-01-31T00:00:00Z,,", "{text}");
+    assert_eq!(rows[0], rows[2], "{text}");
+    assert!(
+        rows[0].starts_with(&format!("{},2024-01-31T00:00:00Z,{january},", ids[0])),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -371,7 +371,8 @@ pub struct EventSpan {
 /// round trip. The smallest sample (300 rows, statistics target 1) is enough: the joins
 /// need the row count and how distinct the keys are, not histograms; it costs 0.4 ms at
 /// 7043 rows and 1.1 ms at 100k (target 10: 2.5 and 5 ms; the default 100: ~40 ms at
-/// 100k), and the plans are the same. The entity SQL's statement timeout ends here (back to the database's own
+/// 100k), with the same plans on the benchmarks. A poor distinct-key estimate could only
+/// change the plan, never the rows. The entity SQL's statement timeout ends here (back to the database's own
 /// setting: the join is not user SQL), and whatever the entity SQL did to the session's
 /// time zone or date style (`set_config` is allowed in a READ ONLY transaction) is undone:
 /// the join's casts, the span's bounds and the text the span is read from all assume UTC
