@@ -195,12 +195,8 @@ impl Column {
             return;
         }
         match &self.values {
-            Values::Int32(v) => {
-                let _ = write!(out, "{}", v[i]);
-            }
-            Values::Int64(v) => {
-                let _ = write!(out, "{}", v[i]);
-            }
+            Values::Int32(v) => out.push_str(itoa::Buffer::new().format(v[i])),
+            Values::Int64(v) => out.push_str(itoa::Buffer::new().format(v[i])),
             Values::Float32(v) => write_f32(v[i], out),
             Values::Float64(v) => write_f64(v[i], out),
             Values::Bool(v) => out.push_str(if v[i] { "true" } else { "false" }),

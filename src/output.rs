@@ -194,7 +194,6 @@ impl<W: Write + Send> BatchWriter<W> {
 }
 
 fn csv_row(batch: &Batch, row: usize, line: &mut String) {
-    let mut cell = String::new();
     for (i, c) in batch.columns.iter().enumerate() {
         if i > 0 {
             line.push(',');
@@ -202,13 +201,12 @@ fn csv_row(batch: &Batch, row: usize, line: &mut String) {
         if c.is_null(row) {
             continue;
         }
-        cell.clear();
-        c.write_text(row, &mut cell);
-        if cell.is_empty() {
+        match &c.values {
             // An empty string is not NULL: quote it so readers can tell.
-            line.push_str("\"\"");
-        } else {
-            push_csv_field(&cell, line);
+            Values::String(v) if v[row].is_empty() => line.push_str("\"\""),
+            Values::String(v) => push_csv_field(&v[row], line),
+            // Numbers, booleans and timestamps never hold a character CSV must quote.
+            _ => c.write_text(row, line),
         }
     }
     line.push('\n');
