@@ -40,6 +40,10 @@ use crate::transform::{FeaturePlan, PlanError, PluginSet, TransformError};
 /// and large enough that per-batch costs vanish (a million rows: same time, 17 MB RSS).
 pub const BATCH_ROWS: usize = 1024;
 
+/// How a UTC timestamp is spelled for PostgreSQL: in the entity rows' COPY text and in the
+/// sources' bounds.
+const PG_UTC: &str = "%Y-%m-%d %H:%M:%S%.6f+00";
+
 /// Name of the entity timestamp column, in requests and in the output.
 pub const EVENT_TIMESTAMP: &str = "event_timestamp";
 
@@ -375,11 +379,11 @@ pub struct EventSpan {
 /// need the row count and how distinct the keys are, not histograms; it costs 0.4 ms at
 /// 7043 rows and 1.1 ms at 100k (target 10: 2.5 and 5 ms; the default 100: ~40 ms at
 /// 100k), with the same plans on the benchmarks. A poor distinct-key estimate could only
-/// change the plan, never the rows. The entity SQL's statement timeout ends here (back to the database's own
-/// setting: the join is not user SQL), and whatever the entity SQL did to the session's
-/// time zone or date style (`set_config` is allowed in a READ ONLY transaction) is undone:
-/// the join's casts, the span's bounds and the text the span is read from all assume UTC
-/// and ISO.
+/// change the plan, never the rows. The entity SQL's statement timeout ends here (back to
+/// the database's own setting: the join is not user SQL), and whatever the entity SQL did
+/// to the session's time zone or date style (`set_config` is allowed in a READ ONLY
+/// transaction) is undone: the join's casts, the span's bounds and the text the span is
+/// read from all assume UTC and ISO.
 async fn analyze_entities(
     tx: &mut Transaction<'static, Postgres>,
 ) -> Result<EventSpan, HistoricalError> {
@@ -618,7 +622,7 @@ fn timestamp_literal(t: DateTime<Utc>) -> Option<String> {
     use chrono::Datelike;
     (1..=9999)
         .contains(&t.year())
-        .then(|| format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f+00")))
+        .then(|| format!("'{}'", t.format(PG_UTC)))
 }
 
 /// Fills `skewless_entities`; returns the row count.
@@ -795,7 +799,7 @@ fn push_entity_row(buf: &mut Vec<u8>, row_id: u64, key: &str, ts: DateTime<Utc>)
             }
         }
     }
-    let _ = writeln!(buf, "\t{}", ts.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+    let _ = writeln!(buf, "\t{}", ts.format(PG_UTC));
 }
 
 #[cfg(test)]
