@@ -33,4 +33,21 @@ bench_db() {
 
 machine() {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(psql "$ADMIN_URL" -Atc 'select version()' | cut -d, -f1)"
+  reference_sql
+}
+
+# PostgreSQL's own speed at the training-set join's kind of work (a hash join on text keys,
+# a sort, a DISTINCT ON, 100k rows), with none of skewless's code in it. Sessions run on
+# different hardware of the same machine kind, and pgbench -S (primary-key lookups) has
+# proved a poor guide to this work (a machine with 50k tps ran the training-set join 2x slower than one with
+# 36k), so every run prints it: compare numbers across machines through it.
+reference_sql() {
+  local q="EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM (SELECT DISTINCT ON (a.g) a.g, b.g AS h
+    FROM generate_series(1, 100000) a(g) JOIN generate_series(1, 100000) b(g) ON a.g::text = b.g::text
+    ORDER BY a.g, b.g DESC) s"
+  local times
+  times=$(for _ in 1 2 3 4 5 6 7; do
+    psql "$ADMIN_URL" -Atqc "SET work_mem = '256MB'; SET jit = off" -c "$q" | awk '/Execution Time/ {print $3}'
+  done | sort -n)
+  echo "reference SQL (hash join + sort + DISTINCT ON, 100k text keys, 7 runs): best $(echo "$times" | head -1) ms, median $(echo "$times" | sed -n 4p) ms"
 }
