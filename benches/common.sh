@@ -39,8 +39,8 @@ machine() {
 # PostgreSQL's own speed at the training-set join's kind of work (a hash join on text keys,
 # a sort, a DISTINCT ON, 100k rows), with none of skewless's code in it. Sessions run on
 # different hardware of the same machine kind, and pgbench -S (primary-key lookups) has
-# proved a poor guide to this work (a machine with 50k tps ran the training-set join 2x slower than one with
-# 36k), so every run prints it: compare numbers across machines through it.
+# proved a poor guide to this work (a machine with 50k tps ran the training-set join 2x
+# slower than one with 36k), so every run prints it: compare machines through it.
 reference_sql() {
   local q="EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM (SELECT DISTINCT ON (a.g) a.g, b.g AS h
     FROM generate_series(1, 100000) a(g) JOIN generate_series(1, 100000) b(g) ON a.g::text = b.g::text

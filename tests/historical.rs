@@ -517,8 +517,6 @@ async fn formats_empty_sets_and_entity_files() {
         .stdout(predicate::str::contains("with 0 rows"));
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 
-    // Infinite event timestamps (only entity SQL can make them) bound nothing: the finite
-    // row beside them still finds its January snapshot.
     // One user's months_active, through `historical --entity-sql` and in the snapshot.
     let months_active_set = |name: &str, sql: String, rows: usize| {
         let out = dir.path().join(name);
@@ -540,6 +538,8 @@ async fn formats_empty_sets_and_entity_files() {
         .bind(&ids[0])
         .fetch_one(&pool)
     };
+    // Infinite event timestamps (only entity SQL can make them) bound nothing: the finite
+    // row beside them still finds its January snapshot.
     let rows = months_active_set(
         "infinite.csv",
         format!(
