@@ -245,6 +245,13 @@ pub struct ServerConfig {
     /// How long a request waits for a database connection before answering 503.
     #[serde(default = "default_acquire_timeout")]
     pub db_acquire_timeout_ms: u64,
+    /// How many PostgreSQL backends (cores of the database) share one training set's
+    /// join, each over its share of the entity rows (CLI and server alike; 1: one).
+    #[serde(default = "default_historical_partitions")]
+    pub historical_partitions: usize,
+    /// Fewest entity rows for which a training set is split over several backends.
+    #[serde(default = "default_historical_partition_min_rows")]
+    pub historical_partition_min_rows: u64,
 }
 
 fn default_bind() -> SocketAddr {
@@ -262,6 +269,12 @@ fn default_entity_sql_timeout() -> u64 {
 fn default_acquire_timeout() -> u64 {
     1_000
 }
+fn default_historical_partitions() -> usize {
+    2
+}
+fn default_historical_partition_min_rows() -> u64 {
+    4096
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -273,6 +286,8 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             entity_sql_timeout_ms: default_entity_sql_timeout(),
             db_acquire_timeout_ms: default_acquire_timeout(),
+            historical_partitions: default_historical_partitions(),
+            historical_partition_min_rows: default_historical_partition_min_rows(),
         }
     }
 }
@@ -399,12 +414,17 @@ impl Config {
             .await
     }
 
-    /// One connection on the offline store, for a command that runs one thing after
-    /// another (`skewless historical`): a second connection would only cost another
-    /// backend start (a few ms), a visible share of a small training set.
+    /// The connections `skewless historical` needs: one, which runs one thing after
+    /// another (a second would only cost another backend start, a few ms, a visible
+    /// share of a small training set), plus, when training sets may be split, one for
+    /// each further backend and one for the entity SQL (opened only when needed).
     pub async fn offline_connection_pool(&self) -> Result<PgPool, sqlx::Error> {
         pool_options(&self.offline_store)
-            .max_connections(1)
+            .min_connections(0)
+            .max_connections(match self.server.historical_partitions.max(1) {
+                1 => 1,
+                p => p as u32 + 1,
+            })
             .connect_with(self.offline_connect_options())
             .await
     }

@@ -314,51 +314,85 @@ async fn point_in_time_join_matches_a_brute_force_reference() {
         if let Some(first) = entities.first().cloned() {
             entities.push(first);
         }
-        let set = historical::start(
-            &pool,
-            &defs,
-            HistoricalRequest {
-                entities: Entities::Inline {
+        let expected = reference(&a, &b, &c, &entities);
+        // Three ways to the same rows: inline rows on one backend; inline rows dealt to
+        // three backends (round robin: uneven shares, some empty); the same rows as
+        // entity SQL, run in a transaction of its own and dealt to two backends.
+        for (way, partitions) in [("inline", 1), ("inline", 3), ("sql", 2)] {
+            let rows_in = if way == "sql" {
+                Entities::Sql(values_sql(&entities))
+            } else {
+                Entities::Inline {
                     keys: entities.iter().map(|(u, _)| u.clone()).collect(),
                     timestamps: entities.iter().map(|(_, t)| t.to_rfc3339()).collect(),
+                }
+            };
+            let set = historical::start(
+                &pool,
+                &defs,
+                HistoricalRequest {
+                    entities: rows_in,
+                    features: features.clone(),
+                    label: None,
+                    plugins: Default::default(),
                 },
-                features: features.clone(),
-                label: None,
-                plugins: Default::default(),
-            },
-            &HistoricalOptions {
-                entity_sql_timeout_ms: 10_000,
-                work_mem: "64MB".into(),
-                plugin_budget: std::time::Duration::from_secs(30),
-            },
-        )
-        .await
-        .unwrap();
-        let (names, rows) = collect(set).await;
-        assert_eq!(
-            names,
-            [
-                "user_id",
-                "event_timestamp",
-                "x",
-                "y",
-                "flag",
-                "label",
-                "z",
-                "w"
-            ]
-        );
-        let expected = reference(&a, &b, &c, &entities);
-        assert_eq!(rows.len(), expected.len(), "case {case}: row count");
-        for (i, (got, want)) in rows.iter().zip(&expected).enumerate() {
-            assert_eq!(got, want, "case {case}, entity row {i}: {:?}", entities[i]);
+                &HistoricalOptions {
+                    entity_sql_timeout_ms: 10_000,
+                    work_mem: "64MB".into(),
+                    plugin_budget: std::time::Duration::from_secs(30),
+                    partitions,
+                    partition_min_rows: 2,
+                },
+            )
+            .await
+            .unwrap();
+            let split = if entities.len() >= 2 { partitions } else { 1 };
+            assert_eq!(
+                set.backends, split,
+                "case {case}: {way} rows, {partitions} wanted"
+            );
+            let (names, rows) = collect(set).await;
+            assert_eq!(
+                names,
+                [
+                    "user_id",
+                    "event_timestamp",
+                    "x",
+                    "y",
+                    "flag",
+                    "label",
+                    "z",
+                    "w"
+                ]
+            );
+            let how = format!("case {case}, {way} rows on {partitions} backend(s)");
+            assert_eq!(rows.len(), expected.len(), "{how}: row count");
+            for (i, (got, want)) in rows.iter().zip(&expected).enumerate() {
+                assert_eq!(got, want, "{how}, entity row {i}: {:?}", entities[i]);
+            }
         }
-        total_rows += rows.len();
+        total_rows += expected.len();
     }
     assert!(
         total_rows > 300,
         "the cases must exercise real rows ({total_rows})"
     );
+}
+
+/// Entity SQL returning exactly `entities`, in their order.
+fn values_sql(entities: &[(String, DateTime<Utc>)]) -> String {
+    if entities.is_empty() {
+        return "SELECT 'x'::text AS user_id, now() AS event_timestamp WHERE false".into();
+    }
+    let rows: Vec<String> = entities
+        .iter()
+        .enumerate()
+        .map(|(i, (user, t))| format!("({i}, '{user}', '{}'::timestamptz)", t.to_rfc3339()))
+        .collect();
+    format!(
+        "SELECT user_id, event_timestamp FROM (VALUES {}) AS v(n, user_id, event_timestamp) ORDER BY n",
+        rows.join(", ")
+    )
 }
 
 /// A database with generated months ingested and applied.
@@ -700,6 +734,28 @@ async fn bad_requests_fail_clearly_and_write_nothing() {
             4,
             "cannot execute nextval() in a read-only transaction",
         ),
+        (
+            vec![
+                "--entity-sql",
+                "SELECT user_id, NULL::date AS event_timestamp FROM labels_snapshots",
+                "--feature-service",
+                "churn_training_v1",
+            ],
+            4,
+            "entity_sql returned a NULL `event_timestamp`; every entity row needs a timestamp",
+        ),
+        (
+            // Fails after 4999 rows: past the first rows held back, while they are
+            // being dealt to two backends.
+            vec![
+                "--entity-sql",
+                "SELECT 'u' || g AS user_id, DATE '2024-01-31' + 10 / (5000 - g) AS event_timestamp FROM generate_series(1, 6000) g",
+                "--feature-service",
+                "churn_training_v1",
+            ],
+            4,
+            "entity_sql failed: division by zero",
+        ),
     ];
     for (args, code, message) in cases {
         let assert = run(&args).code(code);
@@ -756,10 +812,22 @@ async fn bad_requests_fail_clearly_and_write_nothing() {
 
 #[tokio::test]
 async fn dropping_the_consumer_cancels_the_query_and_frees_the_connection() {
+    // A pool of one connection: the training set runs on that one backend (no second
+    // connection for a split, none for the entity SQL), which must come back clean.
+    cancel_case(1).await;
+}
+
+#[tokio::test]
+async fn dropping_the_consumer_cancels_every_backend_of_a_split_training_set() {
+    // Room for the entity SQL's connection and a second backend: all of them end.
+    cancel_case(3).await;
+}
+
+async fn cancel_case(pool_size: u32) {
     let (db, repo) = applied(3000).await;
     let _ = repo;
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(pool_size)
         .connect(&db.url)
         .await
         .unwrap();
@@ -792,28 +860,39 @@ async fn dropping_the_consumer_cancels_the_query_and_frees_the_connection() {
             entity_sql_timeout_ms: 30_000,
             work_mem: "64MB".into(),
             plugin_budget: std::time::Duration::from_secs(30),
+            partitions: 2,
+            partition_min_rows: 2,
         },
     )
     .await
     .unwrap();
     assert_eq!(set.rows, 240_000);
+    assert_eq!(set.backends, if pool_size == 1 { 1 } else { 2 });
     let first = set.batches.recv().await.unwrap().unwrap();
     assert_eq!(first.rows, historical::BATCH_ROWS);
     drop(set);
-    // The single pooled connection comes back, clean, quickly.
+    // The pooled connections come back, clean, quickly.
     let started = std::time::Instant::now();
     let after: i32 = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if pool.num_idle() == pool.size() as usize {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&pool)
             .await
     })
     .await
-    .expect("the connection must return to the pool")
+    .expect("the connections must return to the pool")
     .unwrap();
-    assert_eq!(
-        after, backend,
-        "the same connection, returned to the pool, not replaced"
-    );
+    if pool_size == 1 {
+        assert_eq!(
+            after, backend,
+            "the same connection, returned to the pool, not replaced"
+        );
+    }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let active: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (WITH%' AND state = 'active'",

@@ -37,16 +37,52 @@ impl BinaryCopyDecoder {
     /// Decodes the next complete tuple into `out`. Returns `Ok(false)` when more bytes
     /// are needed (or the stream is finished).
     pub fn next_tuple(&mut self, out: &mut BatchBuilder) -> Result<bool, DecodeError> {
+        let Some(end) = self.frame(out.specs().len())? else {
+            return Ok(false);
+        };
+        for (i, &(start, len)) in self.extents.iter().enumerate() {
+            let value = (len >= 0).then(|| &self.buf[start..start + len as usize]);
+            out.column_mut(i).push_pg_binary(value)?;
+        }
+        self.buf.advance(end);
+        Ok(true)
+    }
+
+    /// Hands the next complete tuple's fields, as they are (`None`: NULL), to `f`, for
+    /// a caller that passes them on rather than decoding them. `Ok(None)` when more
+    /// bytes are needed (or the stream is finished).
+    pub fn next_fields<R>(
+        &mut self,
+        fields: usize,
+        f: impl FnOnce(&[Option<&[u8]>]) -> R,
+    ) -> Result<Option<R>, DecodeError> {
+        let Some(end) = self.frame(fields)? else {
+            return Ok(None);
+        };
+        let values: Vec<Option<&[u8]>> = self
+            .extents
+            .iter()
+            .map(|&(start, len)| (len >= 0).then(|| &self.buf[start..start + len as usize]))
+            .collect();
+        let result = f(&values);
+        self.buf.advance(end);
+        Ok(Some(result))
+    }
+
+    /// Finds the next whole tuple (after the header, if not yet read): fills `extents`
+    /// with its fields and returns where it ends, without consuming anything; `None`
+    /// when more bytes are needed or the trailer was reached.
+    fn frame(&mut self, expected: usize) -> Result<Option<usize>, DecodeError> {
         let malformed = |message: String| DecodeError {
             column: "<copy stream>".into(),
             message,
         };
         if self.finished {
-            return Ok(false);
+            return Ok(None);
         }
         if !self.header_done {
             if self.buf.len() < SIGNATURE.len() + 8 {
-                return Ok(false);
+                return Ok(None);
             }
             if &self.buf[..SIGNATURE.len()] != SIGNATURE {
                 return Err(malformed("not a binary COPY stream".into()));
@@ -57,33 +93,31 @@ impl BinaryCopyDecoder {
                     .expect("4 bytes"),
             ) as usize;
             if self.buf.len() < SIGNATURE.len() + 8 + ext {
-                return Ok(false);
+                return Ok(None);
             }
             self.buf.advance(SIGNATURE.len() + 8 + ext);
             self.header_done = true;
         }
-        // Find the whole tuple's extent before consuming anything.
         if self.buf.len() < 2 {
-            return Ok(false);
+            return Ok(None);
         }
         let fields = i16::from_be_bytes([self.buf[0], self.buf[1]]);
         if fields == -1 {
             self.finished = true;
             self.buf.advance(2);
-            return Ok(false);
+            return Ok(None);
         }
         let fields = fields as usize;
-        if fields != out.specs().len() {
+        if fields != expected {
             return Err(malformed(format!(
-                "tuple has {fields} fields, expected {}",
-                out.specs().len()
+                "tuple has {fields} fields, expected {expected}"
             )));
         }
         let mut pos = 2;
         self.extents.clear();
         for _ in 0..fields {
             if self.buf.len() < pos + 4 {
-                return Ok(false);
+                return Ok(None);
             }
             let len = i32::from_be_bytes(self.buf[pos..pos + 4].try_into().expect("4 bytes"));
             pos += 4;
@@ -91,19 +125,20 @@ impl BinaryCopyDecoder {
             if len > 0 {
                 pos += len as usize;
                 if self.buf.len() < pos {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             self.extents.push((start, len));
         }
-        for (i, &(start, len)) in self.extents.iter().enumerate() {
-            let value = (len >= 0).then(|| &self.buf[start..start + len as usize]);
-            out.column_mut(i).push_pg_binary(value)?;
-        }
-        self.buf.advance(pos);
-        Ok(true)
+        Ok(Some(pos))
     }
 }
+
+/// The binary COPY header: signature, flags, no extension.
+pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// The binary COPY trailer.
+pub const TRAILER: &[u8] = &[0xff, 0xff];
 
 #[cfg(test)]
 mod tests {
@@ -112,9 +147,7 @@ mod tests {
     use crate::definitions::ValueType;
 
     fn stream(rows: &[(Option<i64>, Option<&str>)]) -> Vec<u8> {
-        let mut out = SIGNATURE.to_vec();
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes());
+        let mut out = HEADER.to_vec();
         for (a, b) in rows {
             out.extend_from_slice(&2i16.to_be_bytes());
             match a {
@@ -132,7 +165,7 @@ mod tests {
                 None => out.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out.extend_from_slice(TRAILER);
         out
     }
 

@@ -11,7 +11,9 @@
 //! distributed engine can run the whole thing — and its result leaves PostgreSQL as a
 //! binary COPY stream, decoded into
 //! [`Batch`]es of [`BATCH_ROWS`] rows that flow through a bounded channel. Memory stays
-//! flat whatever the size of the training set.
+//! flat whatever the size of the training set. A large set is split, by entity row, over
+//! several backends that share one snapshot and run that same query each on its share
+//! (see [`Partition`]): PostgreSQL cannot parallelise a query over a temporary table.
 
 use std::io::Read;
 use std::time::Instant;
@@ -114,6 +116,8 @@ impl From<sqlx::Error> for HistoricalError {
 pub struct TrainingSet {
     pub schema: Vec<ColumnSpec>,
     pub rows: u64,
+    /// How many PostgreSQL backends run the join (see [`HistoricalOptions::partitions`]).
+    pub backends: usize,
     /// Every plugin the derived features ran, so a model can be traced to the exact
     /// transformation code: (name, version, sha256).
     pub plugins: Vec<PluginUse>,
@@ -148,6 +152,12 @@ pub struct HistoricalOptions {
     pub work_mem: String,
     /// Time one plugin call may take on one batch.
     pub plugin_budget: std::time::Duration,
+    /// How many PostgreSQL backends share the join (see [`Partition`]); 1 runs it on
+    /// one.
+    pub partitions: usize,
+    /// Fewest entity rows worth splitting: below, the second backend's setup costs more
+    /// than it saves.
+    pub partition_min_rows: u64,
 }
 
 impl HistoricalOptions {
@@ -156,6 +166,8 @@ impl HistoricalOptions {
             entity_sql_timeout_ms: config.server.entity_sql_timeout_ms,
             work_mem: "256MB".into(),
             plugin_budget: std::time::Duration::from_millis(config.plugins.offline_timeout_ms),
+            partitions: config.server.historical_partitions.max(1),
+            partition_min_rows: config.server.historical_partition_min_rows,
         }
     }
 }
@@ -171,41 +183,50 @@ pub async fn start(
     options: &HistoricalOptions,
 ) -> Result<TrainingSet, HistoricalError> {
     let Prepared {
-        mut tx,
-        pid,
-        sql,
+        mut parts,
         schema,
         stream_schema,
         rows,
         plan,
-    } = prepare(pool, defs, request, options).await?;
+    } = prepare(pool, defs, request, options, options.partitions).await?;
+    let backends = parts.len();
     let (sender, receiver) = mpsc::channel(4);
     let pool = pool.clone();
-    tokio::spawn(async move {
-        let result = stream_rows(&mut tx, &sql, stream_schema, &sender, &pool, pid).await;
-        match result {
-            Ok(()) => {
-                // Every row is out: the consumer sees the end now, not after the commit
-                // (which only drops the temporary table; the rows do not depend on it).
-                drop(sender);
-                if let Err(e) = tx.commit().await {
-                    tracing::warn!(error = %e, "commit after a training set failed");
+    tokio::spawn(
+        async move {
+            let result = stream_rows(&mut parts, stream_schema, rows, &sender, &pool).await;
+            match result {
+                Ok(()) => {
+                    // Every row is out: the consumer sees the end now, not after the
+                    // commits (which only drop the temporary tables; the rows do not
+                    // depend on them).
+                    drop(sender);
+                    for part in parts {
+                        if let Err(e) = part.tx.commit().await {
+                            tracing::warn!(error = %e, "commit after a training set failed");
+                        }
+                    }
                 }
-            }
-            Err(StreamEnd::Failed(e)) => {
-                let _ = sender.send(Err(e)).await;
-                drop(sender);
-                let _ = tx.rollback().await;
-            }
-            Err(StreamEnd::Abandoned) => {
-                // The query was cancelled and its stream drained: the connection is
-                // clean and goes back to the pool after the rollback.
-                if let Err(e) = tx.rollback().await {
-                    tracing::warn!(error = %e, "rollback after cancel failed");
+                Err(StreamEnd::Failed(e)) => {
+                    let _ = sender.send(Err(e)).await;
+                    drop(sender);
+                    for part in parts {
+                        let _ = part.tx.rollback().await;
+                    }
+                }
+                Err(StreamEnd::Abandoned) => {
+                    // The queries were cancelled and their streams drained: the
+                    // connections are clean and go back to the pool after the rollback.
+                    for part in parts {
+                        if let Err(e) = part.tx.rollback().await {
+                            tracing::warn!(error = %e, "rollback after cancel failed");
+                        }
+                    }
                 }
             }
         }
-    });
+        .in_current_span(),
+    );
     let mut plugins: Vec<PluginUse> = plan
         .plugins()
         .map(|p| PluginUse {
@@ -223,6 +244,7 @@ pub async fn start(
     Ok(TrainingSet {
         schema,
         rows,
+        backends,
         plugins,
         batches,
     })
@@ -268,11 +290,9 @@ fn derive_stage(
     receiver
 }
 
-/// A transaction holding the loaded entity rows, and the query to run over them.
+/// The loaded entity rows, split over one or more backends, and what to run on each.
 struct Prepared {
-    tx: Transaction<'static, Postgres>,
-    pid: i32,
-    sql: String,
+    parts: Vec<Partition>,
     /// The training set's columns.
     schema: Vec<ColumnSpec>,
     /// The query's columns: the entity columns, the plan's base features, the label.
@@ -281,12 +301,65 @@ struct Prepared {
     plan: FeaturePlan,
 }
 
-/// Validates the request, opens the transaction, and loads the entity rows.
+/// One backend's share of a training set: the transaction holding its entity rows, its
+/// pid (to cancel its query when the consumer goes away), and its query.
+///
+/// A training set on PostgreSQL runs on one backend, and so on one core: parallel
+/// workers cannot read a temporary table, and the entity rows must live in one (a READ
+/// ONLY transaction can write nothing else, and nothing is left behind by a crash). So
+/// skewless runs the parallel plan itself, as `pg_dump --jobs` does: entity row `i`
+/// (from 1) goes to partition `(i − 1) mod P` as the rows load; every partition's
+/// backend imports the first one's snapshot (`pg_export_snapshot`, REPEATABLE READ: all
+/// of them, and the entity SQL, read the very same data), holds its share of the rows in
+/// its own temporary table, and runs the same query over them; the rows come back in
+/// order by taking one row from each partition in turn. Each backend does 1/P of the
+/// per-row work (loading, hashing, probing, sorting) and the same scans of the sources.
+struct Partition {
+    tx: Transaction<'static, Postgres>,
+    pid: i32,
+    sql: String,
+}
+
+/// The temporary table of entity rows, one per partition's transaction.
+const ENTITY_TABLE: &str = "skewless_entities";
+
+/// How every training-set transaction begins: all its statements (entity SQL, join) see
+/// one snapshot, which other partitions import.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+
+/// Session settings for a training set's transaction, its entity table, and the
+/// backend's pid (and, with `export`, the snapshot), in one round trip. `prefix` goes
+/// first: `SET TRANSACTION SNAPSHOT` must precede everything else.
+fn session_setup(
+    prefix: &str,
+    key_type: &str,
+    export: bool,
+    options: &HistoricalOptions,
+) -> String {
+    format!(
+        // JIT compilation costs more than it saves on these queries. The transaction
+        // writes nothing durable (its one table is temporary), so its commit need not
+        // wait for a WAL flush.
+        "{prefix}SET LOCAL jit = off; SET LOCAL work_mem = '{work_mem}'; SET LOCAL synchronous_commit = off;
+         CREATE TEMP TABLE {ENTITY_TABLE} (row_id bigint NOT NULL, entity_key {key_type}, event_timestamp timestamptz NOT NULL) ON COMMIT DROP;
+         SELECT pg_backend_pid(), {snapshot}",
+        work_mem = options.work_mem.replace('\'', ""),
+        snapshot = if export {
+            "pg_export_snapshot()"
+        } else {
+            "NULL::text"
+        },
+    )
+}
+
+/// Validates the request, opens the transaction(s), and loads the entity rows.
+/// `partitions` is the most backends to split the join over.
 async fn prepare(
     pool: &PgPool,
     defs: &Definitions,
     request: HistoricalRequest,
     options: &HistoricalOptions,
+    partitions: usize,
 ) -> Result<Prepared, HistoricalError> {
     let started = Instant::now();
     let plan = FeaturePlan::new(defs, &request.plugins, request.features)?;
@@ -326,40 +399,115 @@ async fn prepare(
         });
     }
 
-    let mut tx = pool.begin().await?;
-    // One round trip: session settings for this transaction, the entity table, and the
-    // backend's pid (to cancel the query if the consumer goes away).
-    let setup = format!(
-        // JIT compilation costs more than it saves on these queries. The transaction
-        // writes nothing durable (its one table is temporary), so its commit need not
-        // wait for a WAL flush.
-        "SET LOCAL jit = off; SET LOCAL work_mem = '{work_mem}'; SET LOCAL synchronous_commit = off;
-         CREATE TEMP TABLE skewless_entities (row_id bigint NOT NULL, entity_key {key_type}, event_timestamp timestamptz NOT NULL) ON COMMIT DROP;
-         SELECT pg_backend_pid()",
-        work_mem = options.work_mem.replace('\'', ""),
-    );
-    let pid: i32 = (&mut *tx)
-        .fetch_one(sqlx::raw_sql(&setup))
-        .await?
-        .try_get(0)?;
-    let rows = load_entities(&mut tx, request.entities, &key, key_type, options).await?;
-    let span = analyze_entities(&mut tx).await?;
+    let split = Split {
+        partitions: partitions.max(1),
+        min_rows: options.partition_min_rows.max(2),
+        snapshot: None,
+        key_type,
+    };
+    let mut tx = pool.begin_with(BEGIN).await?;
+    let row = (&mut *tx)
+        .fetch_one(sqlx::raw_sql(&session_setup(
+            "",
+            key_type,
+            split.partitions > 1,
+            options,
+        )))
+        .await?;
+    let split = Split {
+        snapshot: row.try_get(1)?,
+        ..split
+    };
+    let mut first = Partition {
+        tx,
+        pid: row.try_get(0)?,
+        sql: String::new(),
+    };
+    let (rows, others) =
+        load_entities(pool, &mut first, request.entities, &key, &split, options).await?;
+    let mut parts = vec![first];
+    parts.extend(others);
+    let span = analyze_entities(&mut parts).await?;
     let sql = join_sql(defs, &key, &views, span);
     tracing::debug!(%sql, rows, "training-set query");
+    for part in &mut parts {
+        part.sql.clone_from(&sql);
+    }
     tracing::info!(
         rows,
+        partitions = parts.len(),
         prepare_ms = started.elapsed().as_millis() as u64,
         "entity rows loaded"
     );
     Ok(Prepared {
-        tx,
-        pid,
-        sql,
+        parts,
         schema,
         stream_schema,
         rows,
         plan,
     })
+}
+
+/// Whether and how a training set may be split over several backends.
+struct Split<'a> {
+    /// The most partitions wanted (1: never split).
+    partitions: usize,
+    /// Fewest entity rows worth splitting.
+    min_rows: u64,
+    /// The first transaction's exported snapshot (when `partitions` > 1).
+    snapshot: Option<String>,
+    key_type: &'a str,
+}
+
+/// How long a training set waits for another connection before doing without it: a
+/// new backend starts in a few ms, and a connection just used comes back as soon as its
+/// transaction ends. A training set holding one connection never waits longer for
+/// another, so a busy pool slows training sets down but cannot deadlock them.
+const EXTRA_CONNECTION: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Begins a transaction on the training set's snapshot over another connection of the
+/// pool, then runs `setup` in it; `Err` says why it could not (for the log: the
+/// training set does without).
+async fn begin_on_snapshot(
+    pool: &PgPool,
+    snapshot: &str,
+    setup: &str,
+) -> Result<(Transaction<'static, Postgres>, sqlx::postgres::PgRow), String> {
+    let mut tx = match tokio::time::timeout(EXTRA_CONNECTION, pool.begin_with(BEGIN)).await {
+        Ok(Ok(tx)) => tx,
+        Ok(Err(e)) => return Err(format!("cannot open another connection: {e}")),
+        Err(_) => return Err("no database connection came in time".into()),
+    };
+    let statement = format!(
+        "SET TRANSACTION SNAPSHOT '{}'; {setup}",
+        snapshot.replace('\'', "")
+    );
+    let row = (&mut *tx)
+        .fetch_one(sqlx::raw_sql(&statement))
+        .await
+        .map_err(|e| format!("cannot set another connection up: {e}"))?;
+    Ok((tx, row))
+}
+
+/// Opens the other partitions: each on the snapshot, with its (empty) entity table.
+async fn open_partitions(
+    pool: &PgPool,
+    split: &Split<'_>,
+    options: &HistoricalOptions,
+) -> Result<Vec<Partition>, String> {
+    let snapshot = split.snapshot.as_deref().ok_or("no snapshot to share")?;
+    let setup = session_setup("", split.key_type, false, options);
+    let mut others = Vec::with_capacity(split.partitions - 1);
+    for _ in 1..split.partitions {
+        let (tx, row) = begin_on_snapshot(pool, snapshot, &setup).await?;
+        let pid = row.try_get(0).map_err(|e| e.to_string())?;
+        others.push(Partition {
+            tx,
+            pid,
+            sql: String::new(),
+        });
+    }
+    Ok(others)
 }
 
 /// The first and last event timestamps of the entity rows. Source rows outside
@@ -383,32 +531,49 @@ pub struct EventSpan {
 /// the database's own setting: the join is not user SQL), and whatever the entity SQL did
 /// to the session's time zone or date style (`set_config` is allowed in a READ ONLY
 /// transaction) is undone: the join's casts, the span's bounds and the text the span is
-/// read from all assume UTC and ISO.
-async fn analyze_entities(
-    tx: &mut Transaction<'static, Postgres>,
-) -> Result<EventSpan, HistoricalError> {
-    let row = (&mut **tx)
-        .fetch_one(sqlx::raw_sql(
-            "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL TimeZone = 'UTC';
-             SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL default_statistics_target = 1;
-             ANALYZE skewless_entities;
-             SELECT CASE WHEN isfinite(min(event_timestamp)) THEN min(event_timestamp) END,
-                    CASE WHEN isfinite(max(event_timestamp)) THEN max(event_timestamp) END
-             FROM skewless_entities",
-        ))
-        .await?;
-    // A side chrono cannot hold (beyond year 262143) bounds nothing either.
-    let side = |i: usize| match row.try_get::<Option<DateTime<Utc>>, _>(i) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::debug!(error = %e, "entity time span left open on one side");
-            None
-        }
-    };
-    Ok(EventSpan {
-        first: side(0),
-        last: side(1),
-    })
+/// read from all assume UTC and ISO. Every partition's backend does this for its own
+/// rows, at once; the span is the union of theirs.
+async fn analyze_entities(parts: &mut [Partition]) -> Result<EventSpan, HistoricalError> {
+    let spans = futures::future::try_join_all(parts.iter_mut().map(|part| async {
+        let row = (&mut *part.tx)
+            .fetch_one(sqlx::raw_sql(&format!(
+                "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL TimeZone = 'UTC';
+                 SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL default_statistics_target = 1;
+                 ANALYZE {ENTITY_TABLE};
+                 SELECT count(*),
+                        CASE WHEN isfinite(min(event_timestamp)) THEN min(event_timestamp) END,
+                        CASE WHEN isfinite(max(event_timestamp)) THEN max(event_timestamp) END
+                 FROM {ENTITY_TABLE}"
+            )))
+            .await?;
+        // A side chrono cannot hold (beyond year 262143) bounds nothing either.
+        let side = |i: usize| match row.try_get::<Option<DateTime<Utc>>, _>(i) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "entity time span left open on one side");
+                None
+            }
+        };
+        let rows: i64 = row.try_get(0)?;
+        Ok::<_, HistoricalError>((rows, side(1), side(2)))
+    }))
+    .await?;
+    // A partition without rows bounds nothing; one with an open side opens the union's.
+    let spans: Vec<_> = spans.into_iter().filter(|(rows, ..)| *rows > 0).collect();
+    if spans.is_empty() {
+        return Ok(EventSpan::default());
+    }
+    let first = spans
+        .iter()
+        .map(|(_, first, _)| *first)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|firsts| firsts.into_iter().min());
+    let last = spans
+        .iter()
+        .map(|(_, _, last)| *last)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|lasts| lasts.into_iter().max());
+    Ok(EventSpan { first, last })
 }
 
 /// Runs the training-set query under `EXPLAIN (ANALYZE, BUFFERS)` instead of returning
@@ -419,7 +584,10 @@ pub async fn explain(
     request: HistoricalRequest,
     options: &HistoricalOptions,
 ) -> Result<String, HistoricalError> {
-    let Prepared { mut tx, sql, .. } = prepare(pool, defs, request, options).await?;
+    // On one backend: the plan and time of the whole query, as a database that runs it
+    // alone would (split over P backends, each runs it on 1/P of the rows).
+    let Prepared { parts, .. } = prepare(pool, defs, request, options, 1).await?;
+    let Partition { mut tx, sql, .. } = parts.into_iter().next().expect("one partition");
     let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
         .fetch_all(&mut *tx)
         .await
@@ -433,35 +601,73 @@ enum StreamEnd {
     Abandoned,
 }
 
+/// Streams the partitions' rows to `sender`, in the entity rows' order: row `i` (from
+/// 0) is the next row of partition `i mod P`. Every partition's stream must hold exactly
+/// its share of the `rows` entity rows.
 async fn stream_rows(
-    tx: &mut Transaction<'static, Postgres>,
-    sql: &str,
+    parts: &mut [Partition],
     schema: Vec<ColumnSpec>,
+    rows: u64,
     sender: &mpsc::Sender<Result<Batch, HistoricalError>>,
     pool: &PgPool,
-    pid: i32,
 ) -> Result<(), StreamEnd> {
     let failed = |e: HistoricalError| StreamEnd::Failed(e);
-    let mut stream = tx
-        .copy_out_raw(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
-        .await
-        .map_err(|e| failed(HistoricalError::Query(database_message(&e))))?;
-    let mut decoder = BinaryCopyDecoder::new();
+    let query = |e: sqlx::Error| StreamEnd::Failed(HistoricalError::Query(database_message(&e)));
+    let decode = |e: crate::batch::DecodeError| failed(HistoricalError::Decode(e.to_string()));
+    let pids: Vec<i32> = parts.iter().map(|p| p.pid).collect();
+    // All at once: PostgreSQL holds back a COPY's first message until its first rows
+    // (after the sorts, most of the work), so starting them one by one would run them
+    // one after the other.
+    let copies: Vec<String> = parts
+        .iter()
+        .map(|part| format!("COPY ({}) TO STDOUT (FORMAT binary)", part.sql))
+        .collect();
+    let mut streams = futures::future::try_join_all(
+        parts
+            .iter_mut()
+            .zip(&copies)
+            .map(|(part, copy)| part.tx.copy_out_raw(copy)),
+    )
+    .await
+    .map_err(query)?;
+    let n = streams.len() as u64;
+    let mut decoders: Vec<BinaryCopyDecoder> =
+        streams.iter().map(|_| BinaryCopyDecoder::new()).collect();
     let mut builder = BatchBuilder::new(schema, BATCH_ROWS);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| failed(HistoricalError::Query(database_message(&e))))?;
-        decoder.feed(&chunk);
-        while decoder
-            .next_tuple(&mut builder)
-            .map_err(|e| failed(HistoricalError::Decode(e.to_string())))?
-        {
-            if builder.is_full() && sender.send(Ok(builder.take())).await.is_err() {
-                // The consumer went away (a client disconnected): stop the query in the
-                // server, then read the stream to its (error) end, so the connection is
-                // left in a known state.
-                cancel_backend(pool, pid).await;
+    for row in 0..rows {
+        let p = (row % n) as usize;
+        while !decoders[p].next_tuple(&mut builder).map_err(decode)? {
+            match streams[p].next().await {
+                Some(chunk) => decoders[p].feed(&chunk.map_err(query)?),
+                None => {
+                    return Err(failed(HistoricalError::Query(format!(
+                        "the query ended after {row} of {rows} rows"
+                    ))));
+                }
+            }
+        }
+        if builder.is_full() && sender.send(Ok(builder.take())).await.is_err() {
+            // The consumer went away (a client disconnected): stop the queries in the
+            // server, then read the streams to their (error) ends, so the connections
+            // are left in a known state.
+            cancel_backends(pool, &pids).await;
+            for stream in &mut streams {
                 while let Some(Ok(_)) = stream.next().await {}
-                return Err(StreamEnd::Abandoned);
+            }
+            return Err(StreamEnd::Abandoned);
+        }
+    }
+    // Every row is in: each stream now ends (its trailer, then the end of the COPY).
+    for (stream, decoder) in streams.iter_mut().zip(&mut decoders) {
+        loop {
+            if decoder.next_tuple(&mut builder).map_err(decode)? {
+                return Err(failed(HistoricalError::Query(format!(
+                    "the query returned more rows than the {rows} entity rows"
+                ))));
+            }
+            match stream.next().await {
+                Some(chunk) => decoder.feed(&chunk.map_err(query)?),
+                None => break,
             }
         }
     }
@@ -471,18 +677,20 @@ async fn stream_rows(
     Ok(())
 }
 
-/// Cancels the running query of backend `pid`, from a connection of its own (the pool
-/// may have none to spare).
-async fn cancel_backend(pool: &PgPool, pid: i32) {
-    tracing::info!(pid, "training-set consumer gone: cancelling the query");
+/// Cancels the running queries of backends `pids`, from a connection of its own (the
+/// pool may have none to spare).
+async fn cancel_backends(pool: &PgPool, pids: &[i32]) {
+    tracing::info!(?pids, "training-set consumer gone: cancelling the query");
     match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
         Ok(mut conn) => {
-            if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
-                .bind(pid)
-                .execute(&mut conn)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot cancel the query");
+            for &pid in pids {
+                if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&mut conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, pid, "cannot cancel the query");
+                }
             }
             let _ = conn.close().await;
         }
@@ -588,7 +796,7 @@ pub fn join_sql(
             ""
         };
         ctes.push(format!(
-            "v{i} AS (SELECT DISTINCT ON (e.row_id) e.row_id, {entity_cols}{cols} FROM skewless_entities e LEFT JOIN ({query}) AS s ON {conditions} ORDER BY {order_by})",
+            "v{i} AS (SELECT DISTINCT ON (e.row_id) e.row_id, {entity_cols}{cols} FROM {ENTITY_TABLE} e LEFT JOIN ({query}) AS s ON {conditions} ORDER BY {order_by})",
             cols = cols.join(", "),
             query = source.query,
             conditions = conditions.join(" AND "),
@@ -625,15 +833,22 @@ fn timestamp_literal(t: DateTime<Utc>) -> Option<String> {
         .then(|| format!("'{}'", t.format(PG_UTC)))
 }
 
-/// Fills `skewless_entities`; returns the row count.
+/// Loads the entity rows into the first partition's table and, when the set is large
+/// enough and the pool can spare the connections, into the other partitions' (opened
+/// here). Returns the row count and the other partitions.
+///
+/// Entity SQL runs, READ ONLY and under its statement timeout, in the first
+/// transaction (`INSERT … SELECT`) when the set cannot be split; otherwise in a
+/// transaction of its own on the same snapshot, whose rows (binary COPY) are dealt to
+/// the partitions' tables as they come, as the rows of a file or a request are.
 async fn load_entities(
-    tx: &mut Transaction<'static, Postgres>,
+    pool: &PgPool,
+    first: &mut Partition,
     entities: Entities,
     key: &str,
-    key_type: &str,
+    split: &Split<'_>,
     options: &HistoricalOptions,
-) -> Result<u64, HistoricalError> {
-    const COPY: &str = "COPY skewless_entities (row_id, entity_key, event_timestamp) FROM STDIN";
+) -> Result<(u64, Vec<Partition>), HistoricalError> {
     match entities {
         Entities::Inline { keys, timestamps } => {
             if keys.len() != timestamps.len() {
@@ -643,17 +858,10 @@ async fn load_entities(
                     timestamps.len()
                 )));
             }
-            let mut buf = Vec::with_capacity(keys.len() * 48);
-            for (i, (k, t)) in keys.iter().zip(&timestamps).enumerate() {
-                let ts = parse_timestamp(t).ok().ok_or_else(|| {
-                    HistoricalError::Entities(format!(
-                        "entities: row {i}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
-                    ))
-                })?;
-                push_entity_row(&mut buf, i as u64 + 1, k, ts);
-            }
-            copy_in(tx, COPY, vec![buf]).await?;
-            Ok(keys.len() as u64)
+            let source = RowSource::Inline {
+                rows: keys.into_iter().zip(timestamps).enumerate(),
+            };
+            deal(pool, first, source, split, options).await
         }
         Entities::Csv { name, reader } => {
             let mut csv = csv::ReaderBuilder::new().from_reader(reader);
@@ -670,116 +878,342 @@ async fn load_entities(
                 })
             };
             let (key_pos, ts_pos) = (position(key)?, position(EVENT_TIMESTAMP)?);
-            let mut copy = tx.copy_in_raw(COPY).await?;
-            let mut buf = Vec::with_capacity(1 << 20);
-            let mut rows = 0u64;
-            let mut record = csv::StringRecord::new();
-            loop {
-                let more = match csv.read_record(&mut record) {
-                    Ok(more) => more,
-                    Err(e) => {
-                        let _ = copy.abort("invalid entity rows").await;
-                        return Err(HistoricalError::Entities(format!("{name}: {e}")));
-                    }
-                };
-                if !more {
-                    break;
-                }
-                rows += 1;
-                let line = record.position().map_or(rows + 1, |p| p.line());
-                let t = &record[ts_pos];
-                let Ok(ts) = parse_timestamp(t) else {
-                    let _ = copy.abort("invalid entity rows").await;
-                    return Err(HistoricalError::Entities(format!(
-                        "{name}, line {line}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
-                    )));
-                };
-                push_entity_row(&mut buf, rows, &record[key_pos], ts);
-                if buf.len() >= 1 << 20 {
-                    copy.send(std::mem::take(&mut buf)).await?;
-                }
-            }
-            if !buf.is_empty() {
-                copy.send(buf).await?;
-            }
-            copy.finish().await?;
-            Ok(rows)
+            let source = RowSource::Csv {
+                name,
+                csv,
+                key_pos,
+                ts_pos,
+                record: csv::StringRecord::new(),
+            };
+            deal(pool, first, source, split, options).await
         }
         Entities::Sql(sql) => {
             let sql = sql.trim().trim_end_matches(';').to_string();
-            // From here on nothing but the temporary table can be written.
-            let read_only = format!(
-                "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}",
-                options.entity_sql_timeout_ms
-            );
-            (&mut **tx).execute(sqlx::raw_sql(&read_only)).await?;
-            let entity_err = |e: sqlx::Error| {
-                HistoricalError::Entities(format!("entity_sql failed: {}", database_message(&e)))
-            };
-            let statement = (&mut **tx).prepare(&sql).await.map_err(entity_err)?;
-            let columns: Vec<(String, String)> = statement
-                .columns()
-                .iter()
-                .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
-                .collect();
-            let found = || {
-                columns
-                    .iter()
-                    .map(|(n, t)| format!("{n} {}", t.to_lowercase()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            for (col, temporal) in [(key, false), (EVENT_TIMESTAMP, true)] {
-                match columns.iter().find(|(n, _)| n == col) {
-                    None => {
-                        return Err(HistoricalError::Entities(format!(
-                            "entity_sql must return `{key}` and `{EVENT_TIMESTAMP}` columns; it returns: {}",
-                            found()
-                        )));
-                    }
-                    Some((_, t)) if temporal && !pgtypes::is_temporal(t) => {
-                        return Err(HistoricalError::Entities(format!(
-                            "entity_sql: `{EVENT_TIMESTAMP}` has type {}, not a date or timestamp",
-                            t.to_lowercase()
-                        )));
-                    }
-                    Some(_) => {}
-                }
-            }
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO skewless_entities (row_id, entity_key, event_timestamp)
-                 SELECT row_number() OVER (), CAST(q.{k} AS {key_type}), CAST(q.{ts} AS timestamptz)
-                 FROM ({sql}) AS q",
+            let select = format!(
+                "SELECT CAST(q.{k} AS {key_type}), CAST(q.{ts} AS timestamptz) FROM ({sql}) AS q",
                 k = ident(key),
                 ts = ident(EVENT_TIMESTAMP),
-            ))
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => {
-                    HistoricalError::Entities(format!(
-                        "entity_sql returned a NULL `{EVENT_TIMESTAMP}`; every entity row needs a timestamp"
-                    ))
-                }
-                _ => entity_err(e),
-            })?
-            .rows_affected();
-            // (`analyze_entities` ends the statement timeout.)
-            Ok(inserted)
+                key_type = split.key_type,
+            );
+            // Only entity SQL runs in this transaction: nothing can be written in it.
+            let read_only = format!(
+                "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}; SELECT 1",
+                options.entity_sql_timeout_ms
+            );
+            let reader = match &split.snapshot {
+                Some(snapshot) => begin_on_snapshot(pool, snapshot, &read_only)
+                    .await
+                    .map_err(|reason| {
+                        tracing::info!(%reason, "entity SQL runs in the training set's transaction");
+                    })
+                    .ok(),
+                None => None,
+            };
+            let Some((mut reader, _)) = reader else {
+                // From here on nothing but the temporary table can be written.
+                (&mut *first.tx).execute(sqlx::raw_sql(&read_only)).await?;
+                check_entity_sql(&mut first.tx, &sql, key).await?;
+                let rows = insert_entity_rows(&mut first.tx, &select).await?;
+                // (`analyze_entities` ends the statement timeout.)
+                return Ok((rows, Vec::new()));
+            };
+            check_entity_sql(&mut reader, &sql, key).await?;
+            let stream = reader
+                .copy_out_raw(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
+                .await
+                .map_err(entity_sql_failed)?;
+            let source = RowSource::Sql {
+                stream,
+                decoder: BinaryCopyDecoder::new(),
+            };
+            let loaded = deal(pool, first, source, split, options).await;
+            // The reader's COPY is over (or abandoned, and the rollback ends it).
+            let _ = reader.rollback().await;
+            loaded
         }
     }
 }
 
-async fn copy_in(
+fn entity_sql_failed(e: sqlx::Error) -> HistoricalError {
+    HistoricalError::Entities(format!("entity_sql failed: {}", database_message(&e)))
+}
+
+/// Checks, without running it, that the entity SQL returns the key and a date or
+/// timestamp `event_timestamp`.
+async fn check_entity_sql(
     tx: &mut Transaction<'static, Postgres>,
-    statement: &str,
-    chunks: Vec<Vec<u8>>,
+    sql: &str,
+    key: &str,
 ) -> Result<(), HistoricalError> {
-    let mut copy = tx.copy_in_raw(statement).await?;
-    for chunk in chunks {
-        copy.send(chunk).await?;
+    let statement = (&mut **tx).prepare(sql).await.map_err(entity_sql_failed)?;
+    let columns: Vec<(String, String)> = statement
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
+        .collect();
+    let found = || {
+        columns
+            .iter()
+            .map(|(n, t)| format!("{n} {}", t.to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (col, temporal) in [(key, false), (EVENT_TIMESTAMP, true)] {
+        match columns.iter().find(|(n, _)| n == col) {
+            None => {
+                return Err(HistoricalError::Entities(format!(
+                    "entity_sql must return `{key}` and `{EVENT_TIMESTAMP}` columns; it returns: {}",
+                    found()
+                )));
+            }
+            Some((_, t)) if temporal && !pgtypes::is_temporal(t) => {
+                return Err(HistoricalError::Entities(format!(
+                    "entity_sql: `{EVENT_TIMESTAMP}` has type {}, not a date or timestamp",
+                    t.to_lowercase()
+                )));
+            }
+            Some(_) => {}
+        }
     }
-    copy.finish().await?;
+    Ok(())
+}
+
+/// The entity SQL's rows into the entity table, inside PostgreSQL, numbered in the
+/// order the SQL returns them.
+async fn insert_entity_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    select: &str,
+) -> Result<u64, HistoricalError> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO {ENTITY_TABLE} (row_id, entity_key, event_timestamp)
+         SELECT row_number() OVER (), q.* FROM ({select}) AS q"
+    ))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => null_timestamp(),
+        _ => entity_sql_failed(e),
+    })?;
+    Ok(inserted.rows_affected())
+}
+
+fn null_timestamp() -> HistoricalError {
+    HistoricalError::Entities(format!(
+        "entity_sql returned a NULL `{EVENT_TIMESTAMP}`; every entity row needs a timestamp"
+    ))
+}
+
+/// Where entity rows come from, each encoded for `COPY … FROM STDIN` into an entity
+/// table as `(row_id, entity_key, event_timestamp)`.
+enum RowSource<'c> {
+    /// (index, (key, timestamp)).
+    Inline { rows: InlineRows },
+    /// Streamed, never held in memory.
+    Csv {
+        name: String,
+        csv: csv::Reader<Box<dyn Read + Send>>,
+        key_pos: usize,
+        ts_pos: usize,
+        record: csv::StringRecord,
+    },
+    /// The entity SQL's binary COPY: its fields pass through as they are.
+    Sql {
+        stream: futures::stream::BoxStream<'c, Result<bytes::Bytes, sqlx::Error>>,
+        decoder: BinaryCopyDecoder,
+    },
+}
+
+impl RowSource<'_> {
+    /// The COPY options the rows are encoded for.
+    fn copy_options(&self) -> &'static str {
+        match self {
+            Self::Sql { .. } => " (FORMAT binary)",
+            _ => "",
+        }
+    }
+
+    /// Appends row `row_id` to `out`; `false` when there are no more rows.
+    async fn next_row(&mut self, row_id: u64, out: &mut Vec<u8>) -> Result<bool, HistoricalError> {
+        match self {
+            Self::Inline { rows } => {
+                let Some((i, (key, t))) = rows.next() else {
+                    return Ok(false);
+                };
+                let ts = parse_timestamp(&t).ok().ok_or_else(|| {
+                    HistoricalError::Entities(format!(
+                        "entities: row {i}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
+                    ))
+                })?;
+                push_entity_row(out, row_id, &key, ts);
+                Ok(true)
+            }
+            Self::Csv {
+                name,
+                csv,
+                key_pos,
+                ts_pos,
+                record,
+            } => {
+                if !csv
+                    .read_record(record)
+                    .map_err(|e| HistoricalError::Entities(format!("{name}: {e}")))?
+                {
+                    return Ok(false);
+                }
+                let line = record.position().map_or(row_id + 1, |p| p.line());
+                let t = &record[*ts_pos];
+                let Ok(ts) = parse_timestamp(t) else {
+                    return Err(HistoricalError::Entities(format!(
+                        "{name}, line {line}: `{t}` is not a timestamp (expected RFC 3339 like 2024-01-31T00:00:00Z, or a date)"
+                    )));
+                };
+                push_entity_row(out, row_id, &record[*key_pos], ts);
+                Ok(true)
+            }
+            Self::Sql { stream, decoder } => loop {
+                let decoded = decoder
+                    .next_fields(2, |fields| {
+                        let ts = fields[1].ok_or_else(null_timestamp)?;
+                        out.extend_from_slice(&3i16.to_be_bytes());
+                        out.extend_from_slice(&8i32.to_be_bytes());
+                        out.extend_from_slice(&(row_id as i64).to_be_bytes());
+                        match fields[0] {
+                            Some(key) => {
+                                out.extend_from_slice(&(key.len() as i32).to_be_bytes());
+                                out.extend_from_slice(key);
+                            }
+                            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                        }
+                        out.extend_from_slice(&(ts.len() as i32).to_be_bytes());
+                        out.extend_from_slice(ts);
+                        Ok::<_, HistoricalError>(())
+                    })
+                    .map_err(|e| HistoricalError::Decode(e.to_string()))?;
+                if let Some(row) = decoded {
+                    return row.map(|()| true);
+                }
+                match stream.next().await {
+                    Some(chunk) => decoder.feed(&chunk.map_err(entity_sql_failed)?),
+                    None if decoder.is_finished() => return Ok(false),
+                    None => {
+                        return Err(HistoricalError::Entities(
+                            "entity_sql: its rows ended before the end of the stream".into(),
+                        ));
+                    }
+                }
+            },
+        }
+    }
+}
+
+type InlineRows =
+    std::iter::Enumerate<std::iter::Zip<std::vec::IntoIter<String>, std::vec::IntoIter<String>>>;
+
+/// Bytes handed to a COPY at a time.
+const COPY_CHUNK: usize = 1 << 18;
+
+/// Deals the rows of `source` to the partitions' entity tables: row `i` (from 1) to
+/// partition `(i − 1) mod P`. The first [`Split::min_rows`] rows wait in memory until it
+/// is known whether the set is worth splitting (and the connections are there); a
+/// smaller set, or one that cannot be split, all goes to `first`.
+async fn deal(
+    pool: &PgPool,
+    first: &mut Partition,
+    mut source: RowSource<'_>,
+    split: &Split<'_>,
+    options: &HistoricalOptions,
+) -> Result<(u64, Vec<Partition>), HistoricalError> {
+    let mut rows = 0u64;
+    let mut held = Vec::new();
+    let mut ends = Vec::new();
+    let mut others = Vec::new();
+    if split.partitions > 1 && split.snapshot.is_some() {
+        while rows < split.min_rows && source.next_row(rows + 1, &mut held).await? {
+            rows += 1;
+            ends.push(held.len());
+        }
+        if rows == split.min_rows {
+            match open_partitions(pool, split, options).await {
+                Ok(opened) => others = opened,
+                Err(reason) => tracing::info!(%reason, "training set runs on one backend"),
+            }
+        }
+    }
+    let binary = matches!(source, RowSource::Sql { .. });
+    let statement = format!(
+        "COPY {ENTITY_TABLE} (row_id, entity_key, event_timestamp) FROM STDIN{}",
+        source.copy_options()
+    );
+    let mut sinks = vec![first.tx.copy_in_raw(&statement).await?];
+    for other in &mut others {
+        sinks.push(other.tx.copy_in_raw(&statement).await?);
+    }
+    let mut bufs: Vec<Vec<u8>> = sinks
+        .iter()
+        .map(|_| {
+            let mut buf = Vec::with_capacity(COPY_CHUNK + 1024);
+            if binary {
+                buf.extend_from_slice(crate::offline::copy::HEADER);
+            }
+            buf
+        })
+        .collect();
+    let mut start = 0;
+    for (i, end) in ends.into_iter().enumerate() {
+        bufs[i % sinks.len()].extend_from_slice(&held[start..end]);
+        start = end;
+    }
+    drop(held);
+    let pumped = pump(&mut source, &mut sinks, &mut bufs, &mut rows, binary).await;
+    match pumped {
+        Ok(()) => {
+            for sink in sinks {
+                sink.finish().await.map_err(|e| match &e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => {
+                        null_timestamp()
+                    }
+                    _ => HistoricalError::from(e),
+                })?;
+            }
+            Ok((rows, others))
+        }
+        Err(e) => {
+            for sink in sinks {
+                let _ = sink.abort("invalid entity rows").await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The rest of `source` into the sinks, then what is left in the buffers.
+async fn pump(
+    source: &mut RowSource<'_>,
+    sinks: &mut [sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>],
+    bufs: &mut [Vec<u8>],
+    rows: &mut u64,
+    binary: bool,
+) -> Result<(), HistoricalError> {
+    let n = sinks.len() as u64;
+    loop {
+        let p = (*rows % n) as usize;
+        if !source.next_row(*rows + 1, &mut bufs[p]).await? {
+            break;
+        }
+        *rows += 1;
+        if bufs[p].len() >= COPY_CHUNK {
+            let full = std::mem::replace(&mut bufs[p], Vec::with_capacity(COPY_CHUNK + 1024));
+            sinks[p].send(full).await?;
+        }
+    }
+    for (sink, buf) in sinks.iter_mut().zip(bufs) {
+        if binary {
+            buf.extend_from_slice(crate::offline::copy::TRAILER);
+        }
+        if !buf.is_empty() {
+            sink.send(std::mem::take(buf)).await?;
+        }
+    }
     Ok(())
 }
 
