@@ -400,6 +400,30 @@ async fn applied(users: u64) -> (TestDb, TempRepo) {
     common::ingested_and_applied(users, |_| {}).await
 }
 
+/// [`applied`], plus a pool of `pool_size` connections for the library to run on, an
+/// admin pool to watch it from, and the registered definitions.
+async fn applied_with_pool(
+    users: u64,
+    pool_size: u32,
+) -> (TestDb, TempRepo, sqlx::PgPool, sqlx::PgPool, Definitions) {
+    let (db, repo) = applied(users).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(pool_size)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let admin = db.pool().await;
+    let defs = skewless::registry::Registry::new(admin.clone(), &{
+        let mut config = skewless::config::Config::load(repo.path()).unwrap();
+        config.database_url = Some(db.url.clone());
+        config
+    })
+    .load()
+    .await
+    .unwrap();
+    (db, repo, pool, admin, defs)
+}
+
 const LAB_SQL: &str = "SELECT user_id, as_of AS event_timestamp FROM subscriptions_profile_snapshots WHERE as_of = '2024-01-31'";
 
 #[tokio::test]
@@ -811,6 +835,65 @@ async fn bad_requests_fail_clearly_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn a_bad_row_in_a_long_entity_sql_stops_that_sql() {
+    // Entity SQL run in its own transaction, its rows dealt to two backends as they come;
+    // row 5000 of 50 million has no timestamp. The error must stop the SQL's query, not
+    // leave it streaming into a connection nobody reads (a server would leak it).
+    let (_db, _repo, pool, admin, defs) = applied_with_pool(50, 3).await;
+    let sql = "SELECT 'u' || g AS user_id, CASE WHEN g < 5000 THEN DATE '2024-01-31' END AS event_timestamp FROM (SELECT generate_series(1, 50000000) AS g) AS s";
+    let failed = historical::start(
+        &pool,
+        &defs,
+        HistoricalRequest {
+            entities: Entities::Sql(sql.into()),
+            features: defs.select_service("churn_base_v1", false).unwrap(),
+            label: None,
+            plugins: Default::default(),
+        },
+        &HistoricalOptions {
+            entity_sql_timeout_ms: 60_000,
+            work_mem: "64MB".into(),
+            plugin_budget: std::time::Duration::from_secs(30),
+            partitions: 2,
+            partition_min_rows: 4096,
+        },
+    )
+    .await;
+    let Err(e) = failed else {
+        panic!("a NULL event_timestamp must fail the training set")
+    };
+    assert!(
+        e.to_string().contains("returned a NULL `event_timestamp`"),
+        "{e}"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT CAST(q.%' AND state = 'active'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if running == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the entity SQL kept running after the error"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Every pooled connection is usable again.
+    for _ in 0..3 {
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+    }
+}
+
+#[tokio::test]
 async fn dropping_the_consumer_cancels_the_query_and_frees_the_connection() {
     // A pool of one connection: the training set runs on that one backend (no second
     // connection for a split, none for the entity SQL), which must come back clean.
@@ -824,22 +907,7 @@ async fn dropping_the_consumer_cancels_every_backend_of_a_split_training_set() {
 }
 
 async fn cancel_case(pool_size: u32) {
-    let (db, repo) = applied(3000).await;
-    let _ = repo;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(pool_size)
-        .connect(&db.url)
-        .await
-        .unwrap();
-    let admin = db.pool().await;
-    let defs = skewless::registry::Registry::new(admin.clone(), &{
-        let mut config = skewless::config::Config::load(repo.path()).unwrap();
-        config.database_url = Some(db.url.clone());
-        config
-    })
-    .load()
-    .await
-    .unwrap();
+    let (_db, _repo, pool, admin, defs) = applied_with_pool(3000, pool_size).await;
     let features = defs.select_service("churn_base_v1", false).unwrap();
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)

@@ -680,7 +680,7 @@ async fn stream_rows(
 /// Cancels the running queries of backends `pids`, from a connection of its own (the
 /// pool may have none to spare).
 async fn cancel_backends(pool: &PgPool, pids: &[i32]) {
-    tracing::info!(?pids, "training-set consumer gone: cancelling the query");
+    tracing::info!(?pids, "cancelling training-set queries");
     match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
         Ok(mut conn) => {
             for &pid in pids {
@@ -897,7 +897,7 @@ async fn load_entities(
             );
             // Only entity SQL runs in this transaction: nothing can be written in it.
             let read_only = format!(
-                "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}; SELECT 1",
+                "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}; SELECT pg_backend_pid()",
                 options.entity_sql_timeout_ms
             );
             let reader = match &split.snapshot {
@@ -909,7 +909,7 @@ async fn load_entities(
                     .ok(),
                 None => None,
             };
-            let Some((mut reader, _)) = reader else {
+            let Some((mut reader, row)) = reader else {
                 // From here on nothing but the temporary table can be written.
                 (&mut *first.tx).execute(sqlx::raw_sql(&read_only)).await?;
                 check_entity_sql(&mut first.tx, &sql, key).await?;
@@ -927,7 +927,13 @@ async fn load_entities(
                 decoder: BinaryCopyDecoder::new(),
             };
             let loaded = deal(pool, first, source, split, options).await;
-            // The reader's COPY is over (or abandoned, and the rollback ends it).
+            if loaded.is_err() {
+                // Rows that are no longer wanted (a NULL timestamp, a backend that
+                // failed): stop the entity SQL rather than read the rest to its end.
+                if let Ok(pid) = row.try_get::<i32, _>(0) {
+                    cancel_backends(pool, &[pid]).await;
+                }
+            }
             let _ = reader.rollback().await;
             loaded
         }
