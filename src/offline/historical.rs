@@ -184,6 +184,7 @@ pub async fn start(
 ) -> Result<TrainingSet, HistoricalError> {
     let Prepared {
         mut parts,
+        sql,
         schema,
         stream_schema,
         rows,
@@ -194,7 +195,7 @@ pub async fn start(
     let pool = pool.clone();
     tokio::spawn(
         async move {
-            let result = stream_rows(&mut parts, stream_schema, rows, &sender, &pool).await;
+            let result = stream_rows(&mut parts, &sql, stream_schema, rows, &sender, &pool).await;
             match result {
                 Ok(()) => {
                     // Every row is out: the consumer sees the end now, not after the
@@ -293,6 +294,8 @@ fn derive_stage(
 /// The loaded entity rows, split over one or more backends, and what to run on each.
 struct Prepared {
     parts: Vec<Partition>,
+    /// The query every partition runs over its own entity rows.
+    sql: String,
     /// The training set's columns.
     schema: Vec<ColumnSpec>,
     /// The query's columns: the entity columns, the plan's base features, the label.
@@ -301,8 +304,8 @@ struct Prepared {
     plan: FeaturePlan,
 }
 
-/// One backend's share of a training set: the transaction holding its entity rows, its
-/// pid (to cancel its query when the consumer goes away), and its query.
+/// One backend's share of a training set: the transaction holding its entity rows, and
+/// its pid (to cancel its query when the consumer goes away).
 ///
 /// A training set on PostgreSQL runs on one backend, and so on one core: parallel
 /// workers cannot read a temporary table, and the entity rows must live in one (a READ
@@ -317,7 +320,6 @@ struct Prepared {
 struct Partition {
     tx: Transaction<'static, Postgres>,
     pid: i32,
-    sql: String,
 }
 
 /// The temporary table of entity rows, one per partition's transaction.
@@ -399,29 +401,25 @@ async fn prepare(
         });
     }
 
-    let split = Split {
-        partitions: partitions.max(1),
-        min_rows: options.partition_min_rows.max(2),
-        snapshot: None,
-        key_type,
-    };
+    let partitions = partitions.max(1);
     let mut tx = pool.begin_with(BEGIN).await?;
     let row = (&mut *tx)
         .fetch_one(sqlx::raw_sql(&session_setup(
             "",
             key_type,
-            split.partitions > 1,
+            partitions > 1,
             options,
         )))
         .await?;
     let split = Split {
+        partitions,
+        min_rows: options.partition_min_rows.max(2),
         snapshot: row.try_get(1)?,
-        ..split
+        key_type,
     };
     let mut first = Partition {
         tx,
         pid: row.try_get(0)?,
-        sql: String::new(),
     };
     let (rows, others) =
         load_entities(pool, &mut first, request.entities, &key, &split, options).await?;
@@ -430,9 +428,6 @@ async fn prepare(
     let span = analyze_entities(&mut parts).await?;
     let sql = join_sql(defs, &key, &views, span);
     tracing::debug!(%sql, rows, "training-set query");
-    for part in &mut parts {
-        part.sql.clone_from(&sql);
-    }
     tracing::info!(
         rows,
         partitions = parts.len(),
@@ -441,6 +436,7 @@ async fn prepare(
     );
     Ok(Prepared {
         parts,
+        sql,
         schema,
         stream_schema,
         rows,
@@ -501,11 +497,7 @@ async fn open_partitions(
     for _ in 1..split.partitions {
         let (tx, row) = begin_on_snapshot(pool, snapshot, &setup).await?;
         let pid = row.try_get(0).map_err(|e| e.to_string())?;
-        others.push(Partition {
-            tx,
-            pid,
-            sql: String::new(),
-        });
+        others.push(Partition { tx, pid });
     }
     Ok(others)
 }
@@ -586,8 +578,8 @@ pub async fn explain(
 ) -> Result<String, HistoricalError> {
     // On one backend: the plan and time of the whole query, as a database that runs it
     // alone would (split over P backends, each runs it on 1/P of the rows).
-    let Prepared { parts, .. } = prepare(pool, defs, request, options, 1).await?;
-    let Partition { mut tx, sql, .. } = parts.into_iter().next().expect("one partition");
+    let Prepared { parts, sql, .. } = prepare(pool, defs, request, options, 1).await?;
+    let Partition { mut tx, .. } = parts.into_iter().next().expect("one partition");
     let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
         .fetch_all(&mut *tx)
         .await
@@ -606,6 +598,7 @@ enum StreamEnd {
 /// its share of the `rows` entity rows.
 async fn stream_rows(
     parts: &mut [Partition],
+    sql: &str,
     schema: Vec<ColumnSpec>,
     rows: u64,
     sender: &mpsc::Sender<Result<Batch, HistoricalError>>,
@@ -618,18 +611,11 @@ async fn stream_rows(
     // All at once: PostgreSQL holds back a COPY's first message until its first rows
     // (after the sorts, most of the work), so starting them one by one would run them
     // one after the other.
-    let copies: Vec<String> = parts
-        .iter()
-        .map(|part| format!("COPY ({}) TO STDOUT (FORMAT binary)", part.sql))
-        .collect();
-    let mut streams = futures::future::try_join_all(
-        parts
-            .iter_mut()
-            .zip(&copies)
-            .map(|(part, copy)| part.tx.copy_out_raw(copy)),
-    )
-    .await
-    .map_err(query)?;
+    let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+    let mut streams =
+        futures::future::try_join_all(parts.iter_mut().map(|part| part.tx.copy_out_raw(&copy)))
+            .await
+            .map_err(query)?;
     let n = streams.len() as u64;
     let mut decoders: Vec<BinaryCopyDecoder> =
         streams.iter().map(|_| BinaryCopyDecoder::new()).collect();
@@ -996,11 +982,19 @@ async fn insert_entity_rows(
     ))
     .execute(&mut **tx)
     .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => null_timestamp(),
-        _ => entity_sql_failed(e),
+    .map_err(|e| {
+        if is_not_null_violation(&e) {
+            null_timestamp()
+        } else {
+            entity_sql_failed(e)
+        }
     })?;
     Ok(inserted.rows_affected())
+}
+
+/// The entity table refused a row without a timestamp (its NOT NULL constraint).
+fn is_not_null_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23502"))
 }
 
 fn null_timestamp() -> HistoricalError {
@@ -1030,12 +1024,9 @@ enum RowSource<'c> {
 }
 
 impl RowSource<'_> {
-    /// The COPY options the rows are encoded for.
-    fn copy_options(&self) -> &'static str {
-        match self {
-            Self::Sql { .. } => " (FORMAT binary)",
-            _ => "",
-        }
+    /// Whether the rows are encoded for binary COPY (else text).
+    fn is_binary(&self) -> bool {
+        matches!(self, Self::Sql { .. })
     }
 
     /// Appends row `row_id` to `out`; `false` when there are no more rows.
@@ -1145,10 +1136,10 @@ async fn deal(
             }
         }
     }
-    let binary = matches!(source, RowSource::Sql { .. });
+    let binary = source.is_binary();
     let statement = format!(
         "COPY {ENTITY_TABLE} (row_id, entity_key, event_timestamp) FROM STDIN{}",
-        source.copy_options()
+        if binary { " (FORMAT binary)" } else { "" }
     );
     let mut sinks = vec![first.tx.copy_in_raw(&statement).await?];
     for other in &mut others {
@@ -1174,11 +1165,12 @@ async fn deal(
     match pumped {
         Ok(()) => {
             for sink in sinks {
-                sink.finish().await.map_err(|e| match &e {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("23502") => {
+                sink.finish().await.map_err(|e| {
+                    if is_not_null_violation(&e) {
                         null_timestamp()
+                    } else {
+                        HistoricalError::from(e)
                     }
-                    _ => HistoricalError::from(e),
                 })?;
             }
             Ok((rows, others))
