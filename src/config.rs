@@ -415,18 +415,42 @@ impl Config {
     }
 
     /// The connections `skewless historical` needs: one, which runs one thing after
-    /// another (a second would only cost another backend start, a few ms, a visible
-    /// share of a small training set), plus, when training sets may be split, one for
-    /// each further backend and one for the entity SQL (opened only when needed).
-    pub async fn offline_connection_pool(&self) -> Result<PgPool, sqlx::Error> {
-        pool_options(&self.offline_store)
+    /// another, plus, when training sets may be split, one for each further backend and
+    /// one for the entity SQL's own transaction.
+    ///
+    /// With `warm`, every connection the pool may hold is opened now, at once, in the
+    /// background. Each is a new backend (2–6 ms to start here), and a training set
+    /// would otherwise open them one after another (the entity SQL's, then the other
+    /// backend's, each after the step before it has run): on the stop-15 machine that
+    /// made a 7043-row set slower on two backends than on one (48.7 against 43.1 ms,
+    /// CLI); opened at once, two are no slower than one (see reports/benchmarks.md).
+    pub async fn offline_connection_pool(&self, warm: bool) -> Result<PgPool, sqlx::Error> {
+        let partitions = self.server.historical_partitions.max(1) as u32;
+        let extra = if partitions == 1 { 0 } else { partitions };
+        let pool = pool_options(&self.offline_store)
             .min_connections(0)
-            .max_connections(match self.server.historical_partitions.max(1) {
-                1 => 1,
-                p => p as u32 + 1,
-            })
+            .max_connections(1 + extra)
             .connect_with(self.offline_connect_options())
-            .await
+            .await?;
+        if warm && extra > 0 {
+            // The open connection is held back until every task has its own slot in
+            // the pool (the pool counts a connection from the moment it starts opening
+            // it), or a task would take it instead of opening a new one; then it goes
+            // straight back for the command's own work, which never waits on the
+            // others. A failure in a task goes unreported: the training set opens its
+            // own connections, or does without.
+            let first = pool.acquire().await?;
+            for _ in 0..extra {
+                let pool = pool.clone();
+                tokio::spawn(async move { drop(pool.acquire().await) });
+            }
+            let started = std::time::Instant::now();
+            while pool.size() < 1 + extra && started.elapsed() < Duration::from_millis(5) {
+                tokio::task::yield_now().await;
+            }
+            drop(first);
+        }
+        Ok(pool)
     }
 
     /// Whether both stores are one database reached as one user (`DATABASE_URL`, or the

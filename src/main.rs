@@ -733,7 +733,7 @@ async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
     let repo = FeatureRepo::load(repo)?;
     let config = &repo.config;
     let offline = config
-        .offline_connection_pool()
+        .offline_connection_pool(!args.explain)
         .await
         .context("cannot connect to the offline store")?;
     // The registry's tables are schema-qualified: when both stores are one database, the

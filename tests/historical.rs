@@ -976,3 +976,45 @@ async fn cancel_case(pool_size: u32) {
     .unwrap();
     assert_eq!(active, 0, "the query must not keep running: {details:?}");
 }
+
+/// `skewless historical` may need three connections (the training set's, the entity
+/// SQL's, a second backend's), each a new backend to start: its pool opens the extra ones
+/// at once, in the background, before the training set asks for them one after another.
+/// `--explain` (one backend) and `historical_partitions: 1` open one connection only.
+#[tokio::test]
+async fn the_cli_pool_opens_the_connections_a_split_needs_at_once() {
+    let db = TestDb::new().await;
+    let repo = TempRepo::streamflow();
+    let mut config = common::server::config(repo.path(), &db);
+    let backends = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'skewless'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let admin = db.pool().await;
+    for (partitions, warm, expected) in [(2, true, 3), (3, true, 4), (2, false, 1), (1, true, 1)] {
+        config.server.historical_partitions = partitions;
+        let pool = config.offline_connection_pool(warm).await.unwrap();
+        let started = std::time::Instant::now();
+        while (pool.size() as i64) < expected
+            && started.elapsed() < std::time::Duration::from_secs(5)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Time for any connection that should not be opened to show up.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            (
+                pool.size() as i64,
+                pool.num_idle() as i64,
+                backends(admin.clone()).await
+            ),
+            (expected, expected, expected),
+            "{partitions} partitions, warm {warm}: open connections, idle in the pool, backends"
+        );
+        pool.close().await;
+    }
+}
