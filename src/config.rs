@@ -419,11 +419,11 @@ impl Config {
     /// one for the entity SQL's own transaction.
     ///
     /// With `warm`, every connection the pool may hold is opened now, at once, in the
-    /// background. Each is a new backend (2–6 ms to start here), and a training set
-    /// would otherwise open them one after another (the entity SQL's, then the other
-    /// backend's, each after the step before it has run): on the stop-15 machine that
-    /// made a 7043-row set slower on two backends than on one (48.7 against 43.1 ms,
-    /// CLI); opened at once, two are no slower than one (see reports/benchmarks.md).
+    /// background. Each is a new backend (~4 ms to start here), and a split training set
+    /// would otherwise open them one after another on its critical path (the entity
+    /// SQL's after the snapshot is exported, the other backend's after the first rows
+    /// are in). Measured on the stop-15 machine: 7043 rows 1.5 ms faster (3 %), a 10-row
+    /// set 1.6 ms slower (it starts two backends it then does not use).
     pub async fn offline_connection_pool(&self, warm: bool) -> Result<PgPool, sqlx::Error> {
         let partitions = self.server.historical_partitions.max(1) as u32;
         let extra = if partitions == 1 { 0 } else { partitions };

@@ -1274,8 +1274,15 @@ fn parse_schema(fields: Vec<FieldYaml>, mut err: impl FnMut(String)) -> Vec<Fiel
     schema
 }
 
+/// The longest ttl a view may have: 1000 years (`1000y`, 365.25-day years, as humantime
+/// reads them). A longer one limits nothing a feature store holds, and would break the
+/// arithmetic that applies it — PostgreSQL's timestamps end at 4713 BC (`event_timestamp
+/// - ttl` fails), its intervals at ~292,000 years, the online check's microseconds at
+/// i64 — so it is refused where it is written, with the way to say "no limit".
+pub const MAX_TTL_SECONDS: u64 = 1000 * 31_557_600;
+
 /// `ttl` as Feast writes it: a duration string (`90d`, `36h`, `1w 2d`), a number of
-/// seconds, or 0 / null for "no limit".
+/// seconds, or 0 / null for "no limit"; at most [`MAX_TTL_SECONDS`].
 fn parse_ttl(value: &serde_yaml::Value) -> Result<Option<u64>, String> {
     let seconds = match value {
         serde_yaml::Value::Null => return Ok(None),
@@ -1293,6 +1300,15 @@ fn parse_ttl(value: &serde_yaml::Value) -> Result<Option<u64>, String> {
             ));
         }
     };
+    if seconds > MAX_TTL_SECONDS {
+        let written = match value {
+            serde_yaml::Value::String(s) => s.clone(),
+            _ => seconds.to_string(),
+        };
+        return Err(format!(
+            "ttl `{written}` is longer than 1000 years ({MAX_TTL_SECONDS} seconds); for no limit, leave ttl out or write 0"
+        ));
+    }
     Ok((seconds > 0).then_some(seconds))
 }
 
@@ -1382,6 +1398,8 @@ feature_services:
             ("3600", Some(3600)),
             ("\"36h\"", Some(36 * 3600)),
             ("\"1w 1d\"", Some(8 * 86400)),
+            ("\"1000y\"", Some(MAX_TTL_SECONDS)),
+            ("31557600000", Some(MAX_TTL_SECONDS)),
         ] {
             let text = BASE.replace("ttl: 90d", &format!("ttl: {yaml}"));
             assert_eq!(
@@ -1395,6 +1413,20 @@ feature_services:
             err.to_string().contains("ttl `soon` is not a duration"),
             "{err}"
         );
+        // Past 1000 years, refused: PostgreSQL could not subtract it from a timestamp.
+        for (yaml, written) in [
+            ("\"1001y\"", "1001y"),
+            ("31557600001", "31557600001"),
+            ("18446744073709551615", "18446744073709551615"),
+        ] {
+            let err = parse(&BASE.replace("ttl: 90d", &format!("ttl: {yaml}"))).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "ttl `{written}` is longer than 1000 years (31557600000 seconds); for no limit, leave ttl out or write 0"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

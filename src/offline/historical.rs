@@ -1249,7 +1249,7 @@ data_sources:
 feature_views:
   - {name: recent, entities: [user], source: daily, ttl: 1d, schema: [{name: x, dtype: Int64}]}
   - {name: forever, entities: [user], source: events, schema: [{name: y, dtype: Int64}]}
-  - {name: ancient, entities: [user], source: daily, ttl: 3000000d, schema: [{name: x, dtype: Int64}]}
+  - {name: ancient, entities: [user], source: daily, ttl: 1000y, schema: [{name: x, dtype: Int64}]}
 "#;
 
     fn sql(features: &[&str], span: EventSpan) -> String {
@@ -1303,8 +1303,15 @@ feature_views:
     fn no_span_or_an_unspellable_bound_means_no_bound() {
         let sql_none = sql(&["recent:x"], EventSpan::default());
         assert!(!sql_none.contains("+00'"), "{sql_none}");
-        // 3,000,000 days before 2024 is before year 1: left out, not mangled.
-        let sql_ancient = sql(&["ancient:x"], span());
+        // 1000 years (the longest ttl) before an entity row of year 500 is before year 1:
+        // left out, not mangled.
+        let sql_ancient = sql(
+            &["ancient:x"],
+            EventSpan {
+                first: Some(Utc.with_ymd_and_hms(500, 6, 1, 0, 0, 0).unwrap()),
+                ..span()
+            },
+        );
         assert!(
             sql_ancient.contains(r#"s."day" <= '2024-01-31"#),
             "{sql_ancient}"

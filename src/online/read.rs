@@ -245,14 +245,19 @@ impl OnlineQuery {
         for (f, column) in all.columns.iter().enumerate() {
             let slot = &self.views[self.feature_view[f]];
             let ts = &event_ts_columns[slot.event_ts_column - n_base];
+            // The oldest event timestamp the view's ttl still serves. Definitions cap ttl
+            // at 1000 years; one stored by an older version could be anything: never wrap.
+            let oldest = slot.ttl_seconds.map(|ttl| {
+                let micros = i64::try_from(ttl).map_or(i64::MAX, |s| s.saturating_mul(1_000_000));
+                now_micros.saturating_sub(micros)
+            });
             let per_entity: Vec<FieldStatus> = (0..rows.len())
                 .map(|r| {
                     if ts.is_null(r) {
                         return FieldStatus::NotFound;
                     }
-                    if let (Some(ttl), Values::Timestamp(t)) =
-                        (slot.ttl_seconds, &ts.values)
-                        && t[r] < now_micros.saturating_sub(ttl as i64 * 1_000_000)
+                    if let (Some(oldest), Values::Timestamp(t)) = (oldest, &ts.values)
+                        && t[r] < oldest
                     {
                         return FieldStatus::OutsideMaxAge;
                     }
