@@ -418,13 +418,14 @@ impl Config {
     /// another, plus, when training sets may be split, one for each further backend and
     /// one for the entity SQL's own transaction.
     ///
-    /// With `warm`, every connection the pool may hold is opened now, at once, in the
-    /// background. Each is a new backend (~4 ms to start here), and a split training set
-    /// would otherwise open them one after another on its critical path (the entity
-    /// SQL's after the snapshot is exported, the other backend's after the first rows
-    /// are in). Measured on the stop-15 machine: 7043 rows 1.5 ms faster (3 %), a 10-row
-    /// set 1.6 ms slower (it starts two backends it then does not use).
-    pub async fn offline_connection_pool(&self, warm: bool) -> Result<PgPool, sqlx::Error> {
+    /// `warm` names those it will use, which are opened now, at once, in the background.
+    /// Each is a new backend (~4 ms to start here), and a split training set would
+    /// otherwise open them one after another on its critical path (the entity SQL's
+    /// after the snapshot is exported, the other backend's after the first rows are
+    /// in). Measured on the stop-15 machine, with entity SQL: 7043 rows ~1.5 ms faster
+    /// (within the noise: faster in 4 of 5 interleaved rounds), a 10-row set 1.6 ms
+    /// slower (it starts backends it then does not use).
+    pub async fn offline_connection_pool(&self, warm: Prewarm) -> Result<PgPool, sqlx::Error> {
         let partitions = self.server.historical_partitions.max(1) as u32;
         let extra = if partitions == 1 { 0 } else { partitions };
         let pool = pool_options(&self.offline_store)
@@ -432,20 +433,29 @@ impl Config {
             .max_connections(1 + extra)
             .connect_with(self.offline_connect_options())
             .await?;
-        if warm && extra > 0 {
+        let open = match warm {
+            Prewarm::Nothing => 0,
+            Prewarm::Backends => partitions - 1,
+            Prewarm::BackendsAndEntitySql => extra,
+        };
+        if open > 0 {
             // The open connection is held back until every task has its own slot in
             // the pool (the pool counts a connection from the moment it starts opening
             // it), or a task would take it instead of opening a new one; then it goes
-            // straight back for the command's own work, which never waits on the
-            // others. A failure in a task goes unreported: the training set opens its
-            // own connections, or does without.
+            // back for the command's own work, which waits for no backend start (only
+            // the pool's ping). A task gives up after 500 ms (PostgreSQL refusing
+            // connections is retried by the pool until its acquire timeout, which would
+            // also hold up the pool's close at the end), and a failure goes unreported:
+            // the training set opens its own connections, or does without.
             let first = pool.acquire().await?;
-            for _ in 0..extra {
+            for _ in 0..open {
                 let pool = pool.clone();
-                tokio::spawn(async move { drop(pool.acquire().await) });
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await;
+                });
             }
             let started = std::time::Instant::now();
-            while pool.size() < 1 + extra && started.elapsed() < Duration::from_millis(5) {
+            while pool.size() < 1 + open && started.elapsed() < Duration::from_millis(5) {
                 tokio::task::yield_now().await;
             }
             drop(first);
@@ -503,6 +513,18 @@ impl Config {
             self.online_store.db_schema, self.project, view
         )
     }
+}
+
+/// Which connections `skewless historical` will use besides its first, for
+/// [`Config::offline_connection_pool`] to open up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prewarm {
+    /// None (`--explain` runs on one backend).
+    Nothing,
+    /// One per further backend (entity rows from a file or a request).
+    Backends,
+    /// One per further backend, and one for the entity SQL's own transaction.
+    BackendsAndEntitySql,
 }
 
 fn pool_options(store: &PostgresStoreConfig) -> PgPoolOptions {

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,8 +149,12 @@ impl FeatureView {
         self.schema.iter().find(|f| f.name == name)
     }
 
-    pub fn ttl(&self) -> Option<Duration> {
-        self.ttl_seconds.map(Duration::from_secs)
+    /// The ttl queries apply, offline and online alike: `ttl_seconds`, except that one
+    /// over [`MAX_TTL_SECONDS`] (refused by the definitions; only a registry written
+    /// before that cap can hold one) limits nothing, rather than fail in PostgreSQL's
+    /// date arithmetic.
+    pub fn applied_ttl_seconds(&self) -> Option<u64> {
+        self.ttl_seconds.filter(|&t| t <= MAX_TTL_SECONDS)
     }
 }
 

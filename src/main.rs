@@ -727,13 +727,19 @@ struct HistoricalArgs {
 /// `historical`: resolves the request against the registry, streams the training set
 /// into `<out>.partial`, and renames it into place only when complete.
 async fn historical(repo: &Path, args: HistoricalArgs) -> Result<()> {
+    use skewless::config::Prewarm;
     use skewless::offline::historical::{self, Entities, HistoricalOptions, HistoricalRequest};
     use skewless::output::{BatchWriter, Format};
 
     let repo = FeatureRepo::load(repo)?;
     let config = &repo.config;
+    let prewarm = match (args.explain, &args.entity_sql) {
+        (true, _) => Prewarm::Nothing,
+        (false, Some(_)) => Prewarm::BackendsAndEntitySql,
+        (false, None) => Prewarm::Backends,
+    };
     let offline = config
-        .offline_connection_pool(!args.explain)
+        .offline_connection_pool(prewarm)
         .await
         .context("cannot connect to the offline store")?;
     // The registry's tables are schema-qualified: when both stores are one database, the

@@ -745,7 +745,8 @@ pub fn join_sql(
             format!("s.{} = e.entity_key", ident(key)),
             format!("{ts} <= e.event_timestamp"),
         ];
-        if let Some(ttl) = view.ttl_seconds {
+        let ttl = view.applied_ttl_seconds();
+        if let Some(ttl) = ttl {
             conditions.push(format!(
                 "{ts} >= e.event_timestamp - interval '{ttl} seconds'"
             ));
@@ -760,7 +761,7 @@ pub fn join_sql(
         if let Some(last) = span.last.and_then(timestamp_literal) {
             conditions.push(format!("{raw_ts} <= {last}"));
         }
-        let first = span.first.zip(view.ttl_seconds).and_then(|(first, ttl)| {
+        let first = span.first.zip(ttl).and_then(|(first, ttl)| {
             first.checked_sub_signed(chrono::TimeDelta::try_seconds(i64::try_from(ttl).ok()?)?)
         });
         if let Some(first) = first.and_then(timestamp_literal) {
@@ -1327,6 +1328,27 @@ feature_views:
         );
         assert!(!open_end.contains(r#"s."day" <="#), "{open_end}");
         assert!(open_end.contains(r#"s."day" >= '2024-01-09"#), "{open_end}");
+    }
+
+    #[test]
+    fn a_ttl_past_the_cap_from_an_older_registry_limits_nothing() {
+        let mut defs = Definitions::parse(&[SourceFile {
+            name: "defs.yaml",
+            text: DEFS,
+        }])
+        .unwrap();
+        let selected = defs
+            .select_feature_strings(&["recent:x".to_string()], true)
+            .unwrap();
+        // As a registry written before the cap could hold it (JSON is not re-validated).
+        defs.feature_views[0].ttl_seconds = Some(crate::definitions::MAX_TTL_SECONDS + 1);
+        let refs: Vec<&SelectedFeature> = selected.iter().collect();
+        let sql = join_sql(&defs, "user_id", &refs, span());
+        assert!(!sql.contains("interval"), "{sql}");
+        assert!(!sql.contains(r#"s."day" >="#), "{sql}");
+        defs.feature_views[0].ttl_seconds = Some(crate::definitions::MAX_TTL_SECONDS);
+        let sql = join_sql(&defs, "user_id", &refs, span());
+        assert!(sql.contains("interval '31557600000 seconds'"), "{sql}");
     }
 
     #[test]

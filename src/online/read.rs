@@ -135,7 +135,7 @@ impl OnlineQuery {
         let mut joins = Vec::new();
         for (slot, (view, layout)) in layouts.iter().enumerate() {
             views.push(ViewSlot {
-                ttl_seconds: view.ttl_seconds,
+                ttl_seconds: view.applied_ttl_seconds(),
                 event_ts_column: columns.len(),
             });
             select.push(format!("v{slot}.{EVENT_TS}"));
@@ -245,12 +245,11 @@ impl OnlineQuery {
         for (f, column) in all.columns.iter().enumerate() {
             let slot = &self.views[self.feature_view[f]];
             let ts = &event_ts_columns[slot.event_ts_column - n_base];
-            // The oldest event timestamp the view's ttl still serves. Definitions cap ttl
-            // at 1000 years; one stored by an older version could be anything: never wrap.
-            let oldest = slot.ttl_seconds.map(|ttl| {
-                let micros = i64::try_from(ttl).map_or(i64::MAX, |s| s.saturating_mul(1_000_000));
-                now_micros.saturating_sub(micros)
-            });
+            // The oldest event timestamp the view's ttl still serves (an applied ttl is
+            // at most 1000 years: no overflow).
+            let oldest = slot
+                .ttl_seconds
+                .map(|ttl| now_micros.saturating_sub(ttl as i64 * 1_000_000));
             let per_entity: Vec<FieldStatus> = (0..rows.len())
                 .map(|r| {
                     if ts.is_null(r) {
