@@ -431,6 +431,10 @@ impl Config {
         let pool = pool_options(&self.offline_store)
             .min_connections(0)
             .max_connections(1 + extra)
+            // A one-shot command's connections are seconds old: the ping a pool sends
+            // before handing out an idle one (a round trip at each of the command's
+            // ~8 acquisitions) can only find them alive.
+            .test_before_acquire(false)
             .connect_with(self.offline_connect_options())
             .await?;
         let open = match warm {
