@@ -446,8 +446,8 @@ impl Config {
             // The open connection is held back until every task has its own slot in
             // the pool (the pool counts a connection from the moment it starts opening
             // it), or a task would take it instead of opening a new one; then it goes
-            // back for the command's own work, which waits for no backend start (only
-            // the pool's ping). A task gives up after 500 ms (PostgreSQL refusing
+            // back for the command's own work, which waits for no backend start. A
+            // task gives up after 500 ms (PostgreSQL refusing
             // connections is retried by the pool until its acquire timeout, which would
             // also hold up the pool's close at the end), and a failure goes unreported:
             // the training set opens its own connections, or does without.

@@ -20,7 +20,7 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::pgtypes::ident;
+use crate::pgtypes::{ident, write_copy_text};
 
 /// The kind of a CSV column, as the course data has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,7 +549,7 @@ impl<'a> CsvChunks<'a> {
                 format!("duplicate user_id `{user_id}` (first seen on line {first})"),
             ));
         }
-        write_text(buf, user_id);
+        write_copy_text(buf, user_id);
         for (column, &pos) in self.spec.columns.iter().zip(&self.positions[1..]) {
             buf.push(b'\t');
             let raw = record[pos].trim();
@@ -558,7 +558,7 @@ impl<'a> CsvChunks<'a> {
                 continue;
             }
             match column.kind {
-                Kind::Text => write_text(buf, raw),
+                Kind::Text => write_copy_text(buf, raw),
                 Kind::Int => {
                     let v: i64 = raw.parse().map_err(|_| {
                         invalid(column.name, format!("`{raw}` is not a whole number"))
@@ -621,19 +621,6 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// Appends a value in COPY text format (backslash escapes).
-fn write_text(buf: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            b'\t' => buf.extend_from_slice(b"\\t"),
-            b'\n' => buf.extend_from_slice(b"\\n"),
-            b'\r' => buf.extend_from_slice(b"\\r"),
-            _ => buf.push(b),
-        }
-    }
-}
-
 /// Feeds the bytes read to the month's digest and to the progress bar.
 struct HashingReader<'a, R> {
     inner: R,
@@ -653,13 +640,6 @@ impl<R: Read> Read for HashingReader<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_text_escapes() {
-        let mut buf = Vec::new();
-        write_text(&mut buf, "a\tb\\c\nd");
-        assert_eq!(buf, b"a\\tb\\\\c\\nd");
-    }
 
     #[test]
     fn booleans() {

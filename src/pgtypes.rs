@@ -46,6 +46,19 @@ pub fn is_temporal(pg: &str) -> bool {
     TEMPORAL.contains(&pg.to_ascii_uppercase().as_str())
 }
 
+/// Appends `s` in COPY's text format (backslash escapes), for `COPY … FROM STDIN`.
+pub fn write_copy_text(buf: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
 /// Quotes an identifier for SQL (names are validated already; quoting is belt and braces).
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -54,6 +67,13 @@ pub fn ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_text_escapes() {
+        let mut buf = Vec::new();
+        write_copy_text(&mut buf, "a\tb\\c\nd");
+        assert_eq!(buf, b"a\\tb\\\\c\\nd");
+    }
 
     #[test]
     fn every_type_accepts_its_own_column_type() {

@@ -40,33 +40,36 @@ impl BinaryCopyDecoder {
         let Some(end) = self.frame(out.specs().len())? else {
             return Ok(false);
         };
-        for (i, &(start, len)) in self.extents.iter().enumerate() {
-            let value = (len >= 0).then(|| &self.buf[start..start + len as usize]);
-            out.column_mut(i).push_pg_binary(value)?;
+        let fields = self.fields();
+        for i in 0..self.extents.len() {
+            out.column_mut(i).push_pg_binary(fields.get(i))?;
         }
         self.buf.advance(end);
         Ok(true)
     }
 
-    /// Hands the next complete tuple's fields, as they are (`None`: NULL), to `f`, for
-    /// a caller that passes them on rather than decoding them. `Ok(None)` when more
-    /// bytes are needed (or the stream is finished).
+    /// Hands the next complete tuple's fields, as they are, to `f`, for a caller that
+    /// passes them on rather than decoding them. `Ok(None)` when more bytes are needed
+    /// (or the stream is finished).
     pub fn next_fields<R>(
         &mut self,
         fields: usize,
-        f: impl FnOnce(&[Option<&[u8]>]) -> R,
+        f: impl FnOnce(Fields<'_>) -> R,
     ) -> Result<Option<R>, DecodeError> {
         let Some(end) = self.frame(fields)? else {
             return Ok(None);
         };
-        let values: Vec<Option<&[u8]>> = self
-            .extents
-            .iter()
-            .map(|&(start, len)| (len >= 0).then(|| &self.buf[start..start + len as usize]))
-            .collect();
-        let result = f(&values);
+        let result = f(self.fields());
         self.buf.advance(end);
         Ok(Some(result))
+    }
+
+    /// The fields [`Self::frame`] found last.
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            buf: &self.buf,
+            extents: &self.extents,
+        }
     }
 
     /// Finds the next whole tuple (after the header, if not yet read): fills `extents`
@@ -131,6 +134,20 @@ impl BinaryCopyDecoder {
             self.extents.push((start, len));
         }
         Ok(Some(pos))
+    }
+}
+
+/// One tuple's fields, raw (see [`BinaryCopyDecoder::next_fields`]).
+pub struct Fields<'a> {
+    buf: &'a [u8],
+    extents: &'a [(usize, i32)],
+}
+
+impl<'a> Fields<'a> {
+    /// Field `i`'s bytes; `None` for NULL.
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        let (start, len) = self.extents[i];
+        (len >= 0).then(|| &self.buf[start..start + len as usize])
     }
 }
 

@@ -1071,11 +1071,11 @@ impl RowSource<'_> {
             Self::Sql { stream, decoder } => loop {
                 let decoded = decoder
                     .next_fields(2, |fields| {
-                        let ts = fields[1].ok_or_else(null_timestamp)?;
+                        let ts = fields.get(1).ok_or_else(null_timestamp)?;
                         out.extend_from_slice(&3i16.to_be_bytes());
                         out.extend_from_slice(&8i32.to_be_bytes());
                         out.extend_from_slice(&(row_id as i64).to_be_bytes());
-                        match fields[0] {
+                        match fields.get(0) {
                             Some(key) => {
                                 out.extend_from_slice(&(key.len() as i32).to_be_bytes());
                                 out.extend_from_slice(key);
@@ -1222,15 +1222,7 @@ fn push_entity_row(buf: &mut Vec<u8>, row_id: u64, key: &str, ts: DateTime<Utc>)
     if key.is_empty() {
         buf.extend_from_slice(b"\\N");
     } else {
-        for b in key.bytes() {
-            match b {
-                b'\\' => buf.extend_from_slice(b"\\\\"),
-                b'\t' => buf.extend_from_slice(b"\\t"),
-                b'\n' => buf.extend_from_slice(b"\\n"),
-                b'\r' => buf.extend_from_slice(b"\\r"),
-                _ => buf.push(b),
-            }
-        }
+        pgtypes::write_copy_text(buf, key);
     }
     let _ = writeln!(buf, "\t{}", ts.format(PG_UTC));
 }
@@ -1253,12 +1245,16 @@ feature_views:
   - {name: ancient, entities: [user], source: daily, ttl: 1000y, schema: [{name: x, dtype: Int64}]}
 "#;
 
-    fn sql(features: &[&str], span: EventSpan) -> String {
-        let defs = Definitions::parse(&[SourceFile {
+    fn defs() -> Definitions {
+        Definitions::parse(&[SourceFile {
             name: "defs.yaml",
             text: DEFS,
         }])
-        .unwrap();
+        .unwrap()
+    }
+
+    fn sql(features: &[&str], span: EventSpan) -> String {
+        let defs = defs();
         let selected = defs
             .select_feature_strings(
                 &features.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
@@ -1332,11 +1328,7 @@ feature_views:
 
     #[test]
     fn a_ttl_past_the_cap_from_an_older_registry_limits_nothing() {
-        let mut defs = Definitions::parse(&[SourceFile {
-            name: "defs.yaml",
-            text: DEFS,
-        }])
-        .unwrap();
+        let mut defs = defs();
         let selected = defs
             .select_feature_strings(&["recent:x".to_string()], true)
             .unwrap();

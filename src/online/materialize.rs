@@ -471,7 +471,8 @@ async fn materialize_view(
             let stored = registry.materialization_end(&mut *tx, name).await?;
             Window {
                 start: stored.or_else(|| {
-                    let ttl = TimeDelta::try_seconds(i64::try_from(view.applied_ttl_seconds()?).ok()?)?;
+                    let ttl =
+                        TimeDelta::try_seconds(i64::try_from(view.applied_ttl_seconds()?).ok()?)?;
                     end.checked_sub_signed(ttl)
                 }),
                 end,
